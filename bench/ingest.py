@@ -1,0 +1,576 @@
+"""Ingest benchmark (issue 2): instances/s received *and durably stored* by the listener,
+against dcmtk's ``storescp`` writing to disk on the same machine in the same run.
+
+What is measured, and why this way:
+
+* The same client for every target: dcmtk's ``storescu`` (``/usr/bin/storescu``, never
+  pynetdicom's same-named script), proposing Explicit VR Little Endian (the files' own
+  syntax, so nobody converts anything). The ratio therefore compares servers, not clients.
+  ``TCP_NODELAY=1`` is set for every dcmtk process: without it dcmtk leaves Nagle on and
+  crawls at ~12 files/s.
+* One association = one ``storescu`` process over all files. N parallel associations = N
+  ``storescu`` processes, one per series folder, started together. The clock runs from the
+  first start to the last exit, so client start-up and the header scan of ``+sd`` are in
+  every number alike.
+* Reference: ``/usr/bin/storescp -od DIR +B`` (bit-preserving, the closest to medhash's
+  "store the bytes as received"). dcmtk 3.6.x ``storescp`` serves one association at a
+  time in its default single-process mode, so the parallel runs use ``--fork`` (one child
+  per association). storescp does NOT fsync: its "stored" means "in the page cache",
+  whereas medhash answers Success only after fsync of the file, its folder and the
+  SQLite commit (WAL, synchronous=FULL). The ratio is thus conservative for medhash.
+* medhash: ``medhash listener`` as its own process (the embedded default: SQLite + local
+  folder). After every run the catalog must hold exactly N instances
+  (``medhash status --json``) and storescp's folder exactly N files; a run that lost files
+  is reported as failed, not as a number.
+* ``--distributed`` adds medhash on PostgreSQL + Redis + an S3 API, started with the test
+  suite's server classes (``tests/servers.py``). Those are *test stand-ins*: PostgreSQL with
+  fsync off and moto (an in-memory, pure-Python S3) instead of MinIO, so that row measures
+  the code path and the stand-ins, not a production deployment.
+
+A benchmark measures; it never asserts timings. Example::
+
+    /work/main/.venv/bin/python bench/ingest.py                      # 2,000 files, ~1 GB
+    /work/main/.venv/bin/python bench/ingest.py --count 400 --json /tmp/ingest.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python bench/ingest.py` puts bench/, not the repo, on the path
+    sys.path.insert(0, str(REPO_ROOT))
+
+DCMTK_BIN = Path("/usr/bin")
+STORESCU = DCMTK_BIN / "storescu"
+STORESCP = DCMTK_BIN / "storescp"
+ECHOSCU = DCMTK_BIN / "echoscu"
+MEDHASH = Path(sys.executable).parent / "medhash"
+MANIFEST = "bench-manifest.json"
+CALLING_AE = "BENCHSCU"
+MEDHASH_AE = "MEDHASH"
+STORESCP_AE = "STORESCP"
+
+
+def dcmtk_env() -> dict[str, str]:
+    """dcmtk leaves Nagle's algorithm on unless told otherwise, and then crawls."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (a race with other processes is possible but rare)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def load() -> tuple[float, float, float]:
+    """1/5/15-minute load averages: on a shared 2-core box they explain noisy numbers."""
+    return os.getloadavg()
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def generate(folder: Path, count: int, series: int, rows: int, columns: int) -> list[Path]:
+    """``count`` CT slices split over ``series`` folders (``series_0`` ...), made once.
+
+    One folder per parallel sender; each folder is its own series with its own UIDs. A
+    folder that already holds the same set (see the manifest) is reused, so repeated runs
+    with ``--files`` skip the ~1 GB generation.
+    """
+    from tqdm import tqdm
+
+    from shared.dicom.synthetic import StudyIds, make_ct, write
+
+    wanted = {"count": count, "series": series, "rows": rows, "columns": columns}
+    manifest = folder / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text()) == wanted:
+        paths = sorted(folder.glob("series_*/*.dcm"))
+        if len(paths) == count:
+            print(f"reusing {count} files in {folder}")
+            return paths
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    sizes = [count // series + (1 if i < count % series else 0) for i in range(series)]
+    paths: list[Path] = []
+    with tqdm(total=count, desc="generating CT files", unit="file") as bar:
+        for index, size in enumerate(sizes):
+            ids = StudyIds.new(patient_id=f"BENCH{index:04d}")
+            for number in range(1, size + 1):
+                ds = make_ct(ids, number, rows=rows, columns=columns, seed=index)
+                paths.append(write(ds, folder / f"series_{index}" / f"ct_{number:05d}.dcm"))
+                bar.update()
+    manifest.write_text(json.dumps(wanted))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Targets: a server we can start, point storescu at, check and stop
+# --------------------------------------------------------------------------------------------
+
+
+class Target:
+    """One storage SCP under test. Subclasses start it fresh for every run."""
+
+    name: str
+    called_ae: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, associations: int) -> None:
+        raise NotImplementedError
+
+    def stored_count(self) -> int:
+        """How many instances the target really holds after a run."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop our server process by its PID (SIGTERM, then SIGKILL after 10 s)."""
+        proc = self.process
+        self.process = None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def cpu_seconds(self) -> float | None:
+        """User+system CPU of the server process so far (and of children it has reaped)."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def note(self, associations: int) -> str:
+        return ""
+
+    def wait_ready(self, log_path: Path, timeout: float = 60.0) -> None:
+        """Return once the server answers C-ECHO, or raise with the tail of its log."""
+        deadline = time.monotonic() + timeout
+        argv = [str(ECHOSCU), "-aet", CALLING_AE, "-aec", self.called_ae, "127.0.0.1", str(self.port)]
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                break
+            if subprocess.run(argv, env=dcmtk_env(), capture_output=True, timeout=10).returncode == 0:
+                return
+            time.sleep(0.2)
+        tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+        raise RuntimeError(f"{self.name} did not answer C-ECHO on port {self.port}:\n{tail}")
+
+
+class StorescpTarget(Target):
+    """dcmtk storescp writing every instance bit-preserved into a fresh folder (no fsync)."""
+
+    name = "dcmtk storescp"
+    called_ae = STORESCP_AE
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.out_dir = workdir / "storescp-out"
+        self.fork = False
+
+    def start(self, associations: int) -> None:
+        shutil.rmtree(self.out_dir, ignore_errors=True)
+        self.out_dir.mkdir(parents=True)
+        # Single-process storescp serves associations one after another; --fork gives each
+        # parallel association its own process, which is what the comparison needs.
+        self.fork = associations > 1
+        self.port = free_port()
+        argv = [str(STORESCP), "-aet", STORESCP_AE, "-od", str(self.out_dir), "+B"]
+        argv += ["--fork"] if self.fork else []
+        argv += [str(self.port)]
+        log_path = self.workdir / "storescp.log"
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(argv, env=dcmtk_env(), stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready(log_path)
+
+    def stored_count(self) -> int:
+        return sum(1 for p in self.out_dir.iterdir() if p.is_file())
+
+    def note(self, associations: int) -> str:
+        return "+B, --fork, no fsync" if associations > 1 else "+B, single process, no fsync"
+
+
+class MedhashTarget(Target):
+    """``medhash listener`` as its own process, on a fresh data dir (and database) per run."""
+
+    def __init__(self, workdir: Path, name: str, extra_env: dict[str, str] | None = None,
+                 new_database: Any = None, src: Path | None = None) -> None:
+        self.workdir = workdir
+        self.name = name
+        self.called_ae = MEDHASH_AE
+        self.extra_env = dict(extra_env or {})
+        if src is not None:
+            # PathFinder on PYTHONPATH comes before the editable install's finder.
+            self.extra_env["PYTHONPATH"] = os.pathsep.join(
+                [str(src.resolve()), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.new_database = new_database  # callable(run_number) -> env overrides, or None
+        self.runs = 0
+        self.env: dict[str, str] = {}
+
+    def start(self, associations: int) -> None:
+        self.runs += 1
+        data_dir = self.workdir / f"medhash-{self.name.split()[1]}-{self.runs}"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        self.port = free_port()
+        # A MEDHASH_* variable from the caller's shell (a database URL, say) must not turn
+        # the embedded run into something else.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("MEDHASH_")}
+        self.env = {
+            **inherited,
+            "MEDHASH_DATA_DIR": str(data_dir),
+            "MEDHASH_DICOM_HOST": "127.0.0.1",
+            "MEDHASH_DICOM_PORT": str(self.port),
+            "MEDHASH_METRICS_PORT": "0",
+            "MEDHASH_LOG_LEVEL": "WARNING",
+            "MEDHASH_AE_TITLE": MEDHASH_AE,
+            **self.extra_env,
+        }
+        if self.new_database is not None:
+            self.env.update(self.new_database(self.runs))
+        log_path = self.workdir / "medhash-listener.log"
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(MEDHASH), "listener"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        self.wait_ready(log_path)
+
+    def stored_count(self) -> int:
+        result = subprocess.run(
+            [str(MEDHASH), "status", "--json"], env=self.env, capture_output=True, text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"medhash status failed: {result.stderr[-2000:]}")
+        return int(json.loads(result.stdout)["total"])
+
+    def note(self, associations: int) -> str:
+        note = "SQLite+folder, fsync before Success"
+        if "MEDHASH_DATABASE_URL" in self.extra_env:
+            note = "PostgreSQL(fsync off)+Redis+moto S3: test stand-ins"
+        if "PYTHONPATH" in self.extra_env:
+            note += f"; code from {self.extra_env['PYTHONPATH'].split(os.pathsep)[0]}"
+        return note
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    target: str
+    associations: int
+    files: int
+    stored: int
+    seconds: float
+    instances_per_s: float
+    mb_per_s: float
+    server_cpu_s: float | None
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    note: str
+    ok: bool
+    error: str = ""
+    ratio_vs_storescp: float | None = None
+    repeat: int = 1
+
+
+def storescu_argv(called_ae: str, port: int, folders: Sequence[Path]) -> list[str]:
+    """One storescu over ``folders``, proposing only the files' SOP class in Explicit VR LE."""
+    return [
+        str(STORESCU), "-aet", CALLING_AE, "-aec", called_ae,
+        "-R", "-xe",  # required contexts only, Explicit VR Little Endian first
+        "+sd", "+r",  # the folders' files, recursively
+        "127.0.0.1", str(port), *map(str, folders),
+    ]
+
+
+def run_once(target: Target, folders: Sequence[Path], files: int, total_bytes: int,
+             associations: int, logdir: Path, repeat: int) -> RunResult:
+    """Start the target fresh, send over ``associations`` storescu processes, check, stop."""
+    target.start(associations)
+    try:
+        cpu_before = target.cpu_seconds()
+        before = load()
+        groups = split(folders, associations)
+        started = time.perf_counter()
+        procs = []
+        for index, group in enumerate(groups):
+            log = (logdir / f"storescu-{index}.log").open("wb")
+            argv = storescu_argv(target.called_ae, target.port, group)
+            procs.append((subprocess.Popen(argv, env=dcmtk_env(), stdout=log, stderr=subprocess.STDOUT), log))
+        codes = []
+        for proc, log in procs:
+            codes.append(proc.wait())
+            log.close()
+        seconds = time.perf_counter() - started
+        after = load()
+        time.sleep(0.5)  # let a forked storescp child finish writing its last file and exit
+        cpu_after = target.cpu_seconds()
+        stored = target.stored_count()
+    finally:
+        target.stop()
+    errors = []
+    if any(codes):
+        errors.append(f"storescu exit codes {codes} (logs in {logdir})")
+    if stored != files:
+        errors.append(f"target holds {stored} of {files} instances")
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return RunResult(
+        target=target.name, associations=associations, files=files, stored=stored,
+        seconds=seconds, instances_per_s=files / seconds, mb_per_s=total_bytes / seconds / 1e6,
+        server_cpu_s=cpu, load_before=before, load_after=after, note=target.note(associations),
+        ok=not errors, error="; ".join(errors), repeat=repeat,
+    )
+
+
+def split(folders: Sequence[Path], parts: int) -> list[list[Path]]:
+    """Deal the series folders out to ``parts`` senders (one folder each when parts == 8)."""
+    groups: list[list[Path]] = [[] for _ in range(min(parts, len(folders)))]
+    for index, folder in enumerate(folders):
+        groups[index % len(groups)].append(folder)
+    return groups
+
+
+# --------------------------------------------------------------------------------------------
+# Distributed stand-ins
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def distributed_target(workdir: Path, label: str = "",
+                       src: Path | None = None) -> Iterator[MedhashTarget]:
+    """medhash on PostgreSQL + Redis + moto S3 started by the test suite's server classes."""
+    import psycopg
+
+    from tests.servers import PostgresServer, RedisServer, S3Server
+
+    with contextlib.ExitStack() as stack:
+        print("starting PostgreSQL, Redis and moto S3 (test stand-ins) ...")
+        pg = stack.enter_context(PostgresServer())
+        redis = stack.enter_context(RedisServer(workdir / "redis"))
+        # Not persistent: the request recorder would append every 0.5 MB body to a file.
+        s3 = stack.enter_context(S3Server(workdir / "s3", persistent=False))
+
+        def new_database(run: int) -> dict[str, str]:
+            name = f"bench_{os.getpid()}_{run}"
+            with psycopg.connect(pg.url_for("postgres"), autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{name}"')
+            return {"MEDHASH_DATABASE_URL": pg.url_for(name), "MEDHASH_S3_BUCKET": name.replace("_", "-")}
+
+        yield MedhashTarget(
+            workdir,
+            f"medhash distributed{label}",
+            src=src,
+            extra_env={
+                "MEDHASH_DATABASE_URL": pg.url_for("postgres"),  # replaced per run
+                "MEDHASH_BROKER_URL": redis.url,
+                "MEDHASH_S3_ENDPOINT": s3.endpoint,
+                "MEDHASH_S3_ACCESS_KEY": s3.access_key,
+                "MEDHASH_S3_SECRET_KEY": s3.secret_key,
+            },
+            new_database=new_database,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def attach_ratios(results: list[RunResult]) -> None:
+    """Ratio of each run's instances/s to storescp's with the same association count.
+
+    With ``--repeat`` > 1 each run is compared with the storescp run of the same repeat,
+    which ran right before it, so a burst of load from elsewhere hits both alike.
+    """
+    reference = {(r.associations, r.repeat): r for r in results if r.target == StorescpTarget.name and r.ok}
+    for r in results:
+        ref = reference.get((r.associations, r.repeat))
+        if ref is not None and r.ok:
+            r.ratio_vs_storescp = r.instances_per_s / ref.instances_per_s
+
+
+def table(results: list[RunResult]) -> str:
+    """A Markdown table, printable and pasteable into docs/benchmarks.md as is."""
+    lines = [
+        "| target | assoc. | files | seconds | instances/s | MB/s | ratio vs storescp | server CPU s | load before→after | notes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in results:
+        ratio = f"{r.ratio_vs_storescp:.2f}x" if r.ratio_vs_storescp is not None else "—"
+        cpu = f"{r.server_cpu_s:.1f}" if r.server_cpu_s is not None else "—"
+        name = r.target if r.repeat == 1 else f"{r.target} (#{r.repeat})"
+        note = r.note if r.ok else f"FAILED: {r.error}"
+        lines.append(
+            f"| {name} | {r.associations} | {r.files} | {r.seconds:.1f} | {r.instances_per_s:.1f} | "
+            f"{r.mb_per_s:.1f} | {ratio} | {cpu} | {r.load_before[0]:.2f}→{r.load_after[0]:.2f} | {note} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    dcmtk = subprocess.run([str(STORESCP), "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dcmtk": dcmtk.strip(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Ingest benchmark: medhash listener vs dcmtk storescp, fed by dcmtk storescu "
+        "over 1 and N parallel associations. Prints a Markdown table; numbers are measured, "
+        "never asserted.",
+    )
+    parser.add_argument("--count", type=int, default=2000, help="synthetic CT instances (default 2000)")
+    parser.add_argument("--rows", type=int, default=512, help="image rows (default 512)")
+    parser.add_argument("--columns", type=int, default=512, help="image columns (default 512)")
+    parser.add_argument("--parallel", type=int, default=8,
+                        help="parallel associations / series folders (default 8)")
+    parser.add_argument("--associations", type=int, nargs="+", default=None,
+                        help="association counts to run (default: 1 and --parallel)")
+    parser.add_argument("--repeat", type=int, default=1, help="repeat every run this many times")
+    parser.add_argument("--targets", nargs="+", default=["storescp", "medhash"],
+                        choices=["storescp", "medhash"], help="targets to run (default both)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="also run medhash on PostgreSQL+Redis+moto S3 (test stand-ins)")
+    parser.add_argument("--files", type=Path, default=None,
+                        help="keep the generated files here and reuse them next time "
+                        "(default: a temporary folder, removed afterwards)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the servers write (default: a temporary folder on the same "
+                        "file system as --files, removed afterwards)")
+    parser.add_argument("--json", type=Path, default=None, help="write results and context here")
+    parser.add_argument("--medhash-src", type=Path, default=None,
+                        help="run the medhash listener from this source tree (put first on "
+                        "PYTHONPATH) instead of the installed one: to compare a branch or an "
+                        "experiment against the same storescp in the same run")
+    parser.add_argument("--label", default="",
+                        help="suffix for the medhash rows' names (e.g. the branch measured)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in (STORESCU, STORESCP, ECHOSCU, MEDHASH):
+        if not tool.exists():
+            sys.exit(f"{tool} not found (dcmtk: apt-get install dcmtk; medhash: pip install -e .)")
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    info = machine()
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    load_start = load()
+    print(f"command: {command}")
+    print(f"machine: nproc={info['nproc']} cpu={info['cpu']!r} kernel={info['kernel']} {info['dcmtk']}")
+    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medhash-bench-ingest-")))
+        files_dir = args.files or tmp / "files"
+        workdir = args.workdir or tmp / "work"
+        workdir.mkdir(parents=True, exist_ok=True)
+        logdir = workdir / "logs"
+        logdir.mkdir(exist_ok=True)
+
+        paths = generate(files_dir, args.count, args.parallel, args.rows, args.columns)
+        folders = sorted(p for p in files_dir.glob("series_*") if p.is_dir())
+        total_bytes = sum(p.stat().st_size for p in paths)
+        print(f"{len(paths)} files, {total_bytes / 1e6:.0f} MB, in {len(folders)} series folders")
+
+        targets: list[Target] = []
+        if "storescp" in args.targets:
+            targets.append(StorescpTarget(workdir))
+        if "medhash" in args.targets:
+            targets.append(MedhashTarget(workdir, f"medhash embedded{args.label}", src=args.medhash_src))
+        if args.distributed:
+            targets.append(stack.enter_context(distributed_target(workdir, args.label, args.medhash_src)))
+
+        results: list[RunResult] = []
+        for associations in args.associations or [1, args.parallel]:
+            for repeat in range(1, args.repeat + 1):
+                for target in targets:  # storescp first: the ratio's reference runs just before
+                    print(f"-> {target.name}, {associations} association(s), run {repeat} ...", flush=True)
+                    try:
+                        result = run_once(target, folders, len(paths), total_bytes, associations,
+                                          logdir, repeat)
+                    except Exception as exc:  # a failed target is reported, the others still run
+                        target.stop()
+                        print(f"   FAILED: {exc}")
+                        continue
+                    results.append(result)
+                    status = "ok" if result.ok else f"FAILED: {result.error}"
+                    print(f"   {result.seconds:.1f} s, {result.instances_per_s:.1f} instances/s, "
+                          f"{result.mb_per_s:.1f} MB/s ({status})", flush=True)
+                    # Written-back dirty pages of one run must not slow the next one down.
+                    os.sync()
+
+        attach_ratios(results)
+        load_end = load()
+        print()
+        print(table(results))
+        print()
+        print(f"load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+        print("storescp does not fsync (its Success means 'in the page cache'); medhash embedded "
+              "fsyncs file, folder and the SQLite commit before answering Success.")
+        if args.json is not None:
+            args.json.write_text(json.dumps({
+                "command": command,
+                "started_at": started_at,
+                "machine": info,
+                "load_start": load_start,
+                "load_end": load_end,
+                "count": len(paths),
+                "bytes": total_bytes,
+                "rows": args.rows,
+                "columns": args.columns,
+                "results": [asdict(r) for r in results],
+            }, indent=2))
+            print(f"results written to {args.json}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The ``medhash`` command: one sub-command per service, worker and tool.
+
+Every sub-command reads its configuration from the ``MEDHASH_*`` settings; options on the
+command line only override what a single invocation needs.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from medhash.commands import demo, ingest, models
+
+app = typer.Typer(
+    name="medhash",
+    help="Content-based medical image retrieval by deep hashing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ingest.register(app)
+app.command()(demo.demo)
+app.command()(models.train)
+app.command()(models.evaluate)
+
+if __name__ == "__main__":
+    app()

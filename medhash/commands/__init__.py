@@ -1,0 +1,1 @@
+"""The `medhash` sub-commands, one module per area (ingest, models, ...)."""

@@ -1,0 +1,130 @@
+"""``medhash train`` and ``medhash evaluate``: train a hashing method, measure its retrieval.
+
+Plain functions with ``Annotated`` typer options, so the benchmark (bench/table3.py) calls
+exactly what the command line runs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+app = typer.Typer(help="Train and evaluate hash models.", no_args_is_help=True)
+
+
+def train(
+    data: Annotated[Path, typer.Argument(help="Folder with a sub-folder of images per class.")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint file to write (rewritten every epoch).")],
+    method: Annotated[str, typer.Option(help="dafh, saliency_fusion (sf), hashnet, dsh, dpsh or dpn.")] = "dafh",
+    bits: Annotated[int, typer.Option(help="Hash code length.")] = 32,
+    epochs: Annotated[int, typer.Option(help="Training epochs (DAFH paper: 50).")] = 50,
+    image_size: Annotated[int, typer.Option(help="Square input size in pixels (paper: 224).")] = 224,
+    backbone: Annotated[str | None, typer.Option(help="timm model name; default per method.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per class-balanced batch.")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 1e-4,
+    seed: Annotated[int, typer.Option(help="Seed of weights, batches, augmentation (and split).")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    resume: Annotated[Path | None, typer.Option(help="Continue from a checkpoint of this command.")] = None,
+    log_dir: Annotated[Path | None, typer.Option(help="Write train_log.csv (and TensorBoard) here.")] = None,
+    tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard events to --log-dir.")] = False,
+    pretrained: Annotated[bool, typer.Option(help="Start from timm's ImageNet weights (needs network).")] = False,
+    split_seed: Annotated[int | None, typer.Option(
+        help="Train on the seeded stratified 80% of DATA only (the rest are the queries of "
+             "`evaluate --split-of DATA --seed S`).")] = None,
+    per_class: Annotated[int | None, typer.Option(help="Use a seeded class-balanced subset of N per class.")] = None,
+    attention: Annotated[bool, typer.Option(help="DAFH: CBAM attention (ablation AT).")] = True,
+    fusion: Annotated[bool, typer.Option(help="DAFH: inter-layer fusion (ablation LF).")] = True,
+    ptanh: Annotated[bool, typer.Option(help="DAFH: learnable-alpha tanh (ablation Ptanh).")] = True,
+    beta: Annotated[float, typer.Option(help="DAFH: weight of the triplet loss.")] = 1.0,
+    c2l_epochs: Annotated[int, typer.Option(help="Saliency fusion: epochs of C2L pre-training.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    augment: Annotated[bool, typer.Option(help="Noise/blur/brightness/rotation/scaling augmentation.")] = True,
+) -> None:
+    """Train a hashing method on a class-per-folder image set and write one checkpoint file."""
+    from shared.datasets import balanced_subset, load_folder, split_folder
+    from shared.models import resolve_name
+    from shared.training import TrainConfig, fit
+
+    if threads:
+        torch.set_num_threads(threads)
+    method = resolve_name(method)
+    model_kwargs: dict[str, Any] = {}
+    loss_kwargs: dict[str, Any] = {}
+    if method == "dafh":
+        model_kwargs = {"attention": attention, "fusion": fusion, "ptanh": ptanh}
+        loss_kwargs = {"beta": beta}
+    elif not (attention and fusion and ptanh):
+        raise typer.BadParameter("--no-attention/--no-fusion/--no-ptanh apply to dafh only")
+    if split_seed is not None:
+        train_set, _ = split_folder(data, image_size, seed=split_seed, per_class=per_class)
+    else:
+        train_set = load_folder(data, image_size)
+        if per_class is not None:
+            train_set = train_set.subset(balanced_subset(train_set.labels, per_class, seed))
+    config = TrainConfig(method=method, bits=bits, epochs=epochs, image_size=image_size, backbone=backbone,
+                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, pretrained=pretrained,
+                         augment=augment, model_kwargs=model_kwargs, loss_kwargs=loss_kwargs, c2l_epochs=c2l_epochs)
+    console.print(f"training {method} ({bits} bits) on {len(train_set)} images, {len(train_set.class_names)} classes")
+    t0 = time.time()
+    result = fit(config, train_set, out, device=device, resume=resume, log_dir=log_dir, tensorboard=tensorboard)
+    console.print(f"wrote {out} (version {result.version[:12]}) in {time.time() - t0:.0f}s; "
+                  f"epoch losses {[round(v, 4) for v in result.epoch_losses]}")
+
+
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Checkpoint written by `medhash train`.")],
+    json_out: Annotated[Path, typer.Option("--json", help="Write all metrics here (and a .md table beside).")],
+    database: Annotated[Path | None, typer.Option(help="Class-per-folder images to search in.")] = None,
+    queries: Annotated[Path | None, typer.Option(help="Class-per-folder query images.")] = None,
+    split_of: Annotated[Path | None, typer.Option(
+        help="Instead of --database/--queries: seeded stratified 8:2 split of one folder "
+             "(80% database, 20% queries).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --split-of split.")] = 0,
+    per_class: Annotated[int | None, typer.Option(help="With --split-of: class-balanced subset first.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for PR curve, per-class AP, confusion PNGs.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    tie_aware: Annotated[bool, typer.Option(help="Also compute the exact tie-aware expected mAP.")] = True,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+) -> None:
+    """Encode database and queries, compute mAP@1/@10/@100/all and the rest, write JSON."""
+    from shared.checkpoint import load_checkpoint, update_metrics
+    from shared.datasets import load_folder, split_folder
+    from shared.evaluation import retrieval_metrics, save_report
+    from shared.training import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(model, device=resolve_device(device))
+    size = ckpt.image_size
+    if split_of is not None:
+        db_set, q_set = split_folder(split_of, size, seed=seed, per_class=per_class)
+        source = {"split_of": str(split_of), "seed": seed, "per_class": per_class}
+    elif database is not None and queries is not None:
+        names = sorted({p.name for d in (database, queries) for p in d.iterdir() if p.is_dir()})
+        db_set, q_set = load_folder(database, size, names), load_folder(queries, size, names)
+        source = {"database": str(database), "queries": str(queries)}
+    else:
+        raise typer.BadParameter("give --database and --queries, or --split-of")
+    t0 = time.time()
+    db_codes, q_codes = ckpt.encode(db_set.images), ckpt.encode(q_set.images)
+    encode_s = time.time() - t0
+    metrics = retrieval_metrics(q_codes, q_set.labels.numpy(), db_codes, db_set.labels.numpy(),
+                                db_set.class_names, tie_aware=tie_aware)
+    metrics.update({"model": str(model), "model_version": ckpt.version, "method": ckpt.meta["method"],
+                    "backbone": ckpt.meta["backbone"], "image_size": size, "encode_seconds": round(encode_s, 2),
+                    "data": source})
+    save_report(metrics, json_out, plots)
+    update_metrics(model, {k: metrics[k] for k in metrics if k.startswith(("map", "tie_aware_"))} | {"data": source})
+    console.print(json.dumps({k: round(v, 4) for k, v in metrics.items()
+                              if k.startswith(("map", "tie_aware_map")) and isinstance(v, float)}))
+
+
+app.command()(train)
+app.command()(evaluate)

@@ -1,0 +1,1 @@
+"""Long-running network services: the DICOM listener, the search service, the indexer."""

@@ -1,0 +1,1 @@
+"""What services and workers share: settings, object store, catalog, DICOM, models, index."""

@@ -1,0 +1,25 @@
+"""The catalog (PostgreSQL, or SQLite for the embedded default): the pipeline's source of truth."""
+
+from __future__ import annotations
+
+from shared.catalog.catalog import Catalog, Instance, NewInstance, RecordOutcome
+from shared.catalog.db import CatalogError, CatalogUnavailable, open_database
+from shared.catalog.states import InstanceState
+from shared.config import Settings
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """The catalog the settings describe, with its schema migrated to the latest version."""
+    return Catalog(open_database(settings.database_url, settings.sqlite_path))
+
+
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "CatalogUnavailable",
+    "Instance",
+    "InstanceState",
+    "NewInstance",
+    "RecordOutcome",
+    "open_catalog",
+]

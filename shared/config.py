@@ -1,0 +1,150 @@
+"""The one typed settings object, read from ``MEDHASH_*`` environment variables.
+
+Every service and worker reads its configuration from :func:`get_settings`, so an operator
+configures a whole deployment with one env file. Leaving the URLs unset selects the embedded
+default (SQLite catalog, a local folder as object store, in-process queues); setting them
+selects the distributed configuration. The README's settings table is generated from the
+field descriptions here (``medhash settings --markdown``), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "medhash"
+
+
+class Settings(BaseSettings):
+    """All of medhash's configuration. Field descriptions are the operator's documentation."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDHASH_", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Folder of the embedded default: SQLite catalog, object-store folder, "
+        "indexes.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL of the catalog (`postgresql://user:pw@host:5432/medhash`). "
+        "Unset: SQLite in the data dir.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Redis URL of the Celery broker (`redis://host:6379/0`). "
+        "Unset: queues served by worker threads inside `medhash serve`.",
+    )
+    s3_endpoint: str | None = Field(
+        default=None,
+        description="S3/MinIO endpoint as `host:port`. Unset: a folder in the data dir.",
+    )
+    s3_access_key: str = Field(default="", description="S3 access key.")
+    s3_secret_key: str = Field(default="", description="S3 secret key.")
+    s3_bucket: str = Field(default="medhash", description="S3 bucket (created when missing).")
+    s3_secure: bool = Field(default=False, description="Use HTTPS to reach the S3 endpoint.")
+    s3_region: str = Field(default="us-east-1", description="S3 region name.")
+
+    # --- DICOM listener ----------------------------------------------------------------------
+    ae_title: str = Field(default="MEDHASH", description="The listener's AE title.")
+    dicom_host: str = Field(default="0.0.0.0", description="Address the listener binds.")
+    dicom_port: int = Field(default=11112, description="Port the DICOM listener binds.")
+    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated calling AE titles allowed to associate; empty allows any.",
+    )
+    max_associations: int = Field(
+        default=32, description="Maximum simultaneous DICOM associations."
+    )
+    max_pdu_size: int = Field(
+        default=262_144,
+        description="Maximum PDU size the listener receives (bytes; 0 = unlimited).",
+    )
+    dimse_timeout: float = Field(default=60.0, description="DIMSE message timeout (s).")
+    network_timeout: float = Field(default=60.0, description="Idle association timeout (s).")
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate: enables DICOM over TLS on the listener."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key for `tls_cert`.")
+    tls_ca: Path | None = Field(
+        default=None,
+        description="PEM CA bundle: when set, senders must present a client certificate "
+        "signed by it.",
+    )
+
+    # --- HTTP --------------------------------------------------------------------------------
+    http_host: str = Field(default="0.0.0.0", description="Address the HTTP services bind.")
+    http_port: int = Field(default=8080, description="Port of the search service.")
+    metrics_port: int = Field(
+        default=9108,
+        description="Port of the Prometheus `/metrics` endpoint of the listener and workers "
+        "(0 disables it).",
+    )
+
+    # --- models ------------------------------------------------------------------------------
+    model: Path | None = Field(
+        default=None, description="Checkpoint the encoders use (one `.pt` file)."
+    )
+
+    # --- operations --------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_json: bool = Field(
+        default=False, description="Log one JSON object per line instead of plain text."
+    )
+
+    @field_validator("allowed_calling_aes", mode="before")
+    @classmethod
+    def _split_ae_titles(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [title.strip() for title in value.split(",") if title.strip()]
+        return value
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        if not 0 < len(value) <= 16 or "\\" in value:
+            raise ValueError("an AE title has 1 to 16 characters and no backslash")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external server is configured: everything runs in one process."""
+        return self.database_url is None and self.broker_url is None and self.s3_endpoint is None
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite3"
+
+    @property
+    def object_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def settings_markdown_table() -> str:
+    """Markdown table of every setting, its environment variable and default (for the README)."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        if value is None:
+            default = "(unset)"
+        elif value in ("", []):
+            default = "(empty)"
+        else:
+            default = f"`{str(value).replace(str(Path.home()), '~')}`"
+        rows.append(f"| `MEDHASH_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""DICOM helpers: UID validation, header summaries, the pixel pipeline."""

@@ -1,0 +1,1 @@
+"""The Celery app and the pipeline's tasks (preprocess, encode, index)."""
