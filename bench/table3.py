@@ -1,8 +1,8 @@
 """Reproduce the DAFH paper's Table 3 (methods x 16/32/48 bits) and Table 5 (ablation at
 32 bits) on public data with one CPU budget for every method, plus a robustness check.
 
-Suites (``--suites``; jobs run in the order brain 32/48 bits, ablation, brain 16 bits,
-robustness, mednist so the headline comparison lands first; each job is skipped when its
+Suites (``--suites``; jobs run in the order brain 32/48 bits, ablation, robustness,
+mednist, brain 16 bits, so the headline comparison lands first; each job is skipped when its
 eval.json exists, so an interrupted run continues where it stopped):
   brain       Table 3 on the brain-tumour MRI set: training/ and testing/ pooled, seeded
               stratified 8:2 (80% = training set and database, 20% = queries).
@@ -58,10 +58,10 @@ class Job:
 
     @property
     def priority(self) -> int:
-        """Run order: brain 32/48 bits, ablation, brain 16 bits, robustness, mednist."""
+        """Run order: brain 32/48 bits, ablation, robustness, mednist, brain 16 bits."""
         if self.suite == "brain":
-            return 2 if self.meta["bits"] == 16 else 0
-        return {"ablation": 1, "robustness": 3, "mednist": 4}[self.suite]
+            return 4 if self.meta["bits"] == 16 else 0
+        return {"ablation": 1, "robustness": 2, "mednist": 3}[self.suite]
 
 
 def _cli(command: str, positional: str, args: dict[str, Any]) -> str:
@@ -205,7 +205,7 @@ def main() -> None:
     p.add_argument("--suites", default="brain,ablation,robustness,mednist")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--mednist-epochs", type=int, default=2)
-    p.add_argument("--mednist-per-class", type=int, default=150)
+    p.add_argument("--mednist-per-class", type=int, default=100)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--backbone", default="efficientnet_b0")
     p.add_argument("--batch-size", type=int, default=32)
@@ -226,9 +226,10 @@ def main() -> None:
             pending = [pool.apply_async(run_job, (j, args.out)) for j in jobs]
             for job, res in zip(jobs, pending):
                 try:
-                    print(f"[{time.time() - t0:6.0f}s] {res.get()}", flush=True)
+                    line = res.get()
                 except Exception as exc:  # one failed job must not stop the table
-                    print(f"[{time.time() - t0:6.0f}s] {job.suite}/{job.name} FAILED: {exc!r}", flush=True)
+                    line = f"{job.suite}/{job.name} FAILED: {exc!r}"
+                print(f"[{time.time() - t0:6.0f}s] {line}", flush=True)
                 report(args.out)
     print(report(args.out))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from medhash.commands import demo, ingest, models
+from medhash.commands import demo, ingest, models, pipeline
 
 app = typer.Typer(
     name="medhash",
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 ingest.register(app)
+pipeline.register(app)
 app.command()(demo.demo)
 app.command()(models.train)
 app.command()(models.evaluate)

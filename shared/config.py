@@ -93,6 +93,51 @@ class Settings(BaseSettings):
         default=None, description="Checkpoint the encoders use (one `.pt` file)."
     )
 
+    # --- preprocessing (CPU workers) ---------------------------------------------------------
+    image_size: int = Field(
+        default=224,
+        description="Side of the square slices the CPU workers store (aspect kept, zero "
+        "padding); the DAFH paper uses 224.",
+    )
+    window_center: float | None = Field(
+        default=None,
+        description="Force this window center for every image (with `window_width`); unset: "
+        "the file's first VOI LUT / window, else a per-modality default, else min-max.",
+    )
+    window_width: float | None = Field(default=None, description="Forced window width.")
+    iqr_k: float = Field(
+        default=1.5, description="Cleaning: Tukey fence multiplier of the per-series IQR rule."
+    )
+    blank_variance: float = Field(
+        default=1e-4, description="Cleaning: a slice with variance below this is blank."
+    )
+    saturated_fraction: float = Field(
+        default=0.5,
+        description="Cleaning: a slice with more than this fraction of white pixels is saturated.",
+    )
+    series_stable_s: float = Field(
+        default=30.0,
+        description="Seconds without a new slice after which a series' IQR cleaning runs.",
+    )
+    worker_threads: int = Field(
+        default=2,
+        description="Embedded default: preprocess threads inside `medhash serve`.",
+    )
+
+    # --- reliability -------------------------------------------------------------------------
+    reconcile_after_s: float = Field(
+        default=300.0,
+        description="An instance left this long in `received` (or a later non-final state) is "
+        "re-enqueued by the reconciler (a lost message, a killed worker).",
+    )
+    reconcile_interval_s: float = Field(
+        default=15.0, description="How often the reconciler scans the catalog."
+    )
+    max_attempts: int = Field(
+        default=5,
+        description="Deliveries of one instance to a stage before it is marked failed.",
+    )
+
     # --- operations --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 from services.listener import Listener
-from services.runtime import Runtime
+from shared.runtime import Runtime
 from shared.config import Settings
 from shared.ingest import Ingestor
 from tests.servers import OrthancServer, PostgresServer, RedisServer, S3Server, require_binary
@@ -75,6 +76,8 @@ def distributed_settings(
 ) -> Settings:
     """PostgreSQL + Redis + S3, with a database and a bucket of the test's own."""
     name = f"t{os.getpid()}_{next(_names)}"
+    # queues are shared by name: start each test without messages meant for another's rows
+    redis.Redis.from_url(redis_server.url).flushall()
     with psycopg.connect(postgres_server.url_for("postgres"), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     return Settings(

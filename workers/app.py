@@ -24,7 +24,7 @@ VISIBILITY_TIMEOUT_S = 3600
 
 def create_celery_app(settings: Settings) -> Celery:
     broker = settings.broker_url or "memory://"
-    app = Celery("medhash", broker=broker, include=[])
+    app = Celery("medhash", broker=broker, include=["workers.tasks"])
     app.conf.update(
         task_queues=[Queue(stage.value) for stage in Stage],
         task_default_queue=Stage.PREPROCESS.value,

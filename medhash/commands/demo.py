@@ -32,7 +32,7 @@ def demo(
 ) -> None:
     """Run the whole story on the embedded default and exit 0 when it held together."""
     from services.listener import Listener
-    from services.runtime import Runtime
+    from shared.runtime import Runtime
     from shared.ingest import Ingestor
 
     work = Path(data_dir or tempfile.mkdtemp(prefix="medhash-demo-"))

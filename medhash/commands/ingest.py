@@ -32,10 +32,28 @@ def listener(
     port: Annotated[int | None, typer.Option(help="Override MEDHASH_DICOM_PORT.")] = None,
 ) -> None:
     """Run the DICOM listener (C-ECHO, C-STORE) until SIGINT/SIGTERM."""
+    _run(port, in_process_pipeline=False)
+
+
+def serve(
+    port: Annotated[int | None, typer.Option(help="Override MEDHASH_DICOM_PORT.")] = None,
+) -> None:
+    """Run medhash in one process: listener, preprocess workers and reconciler.
+
+    On the embedded default the queues are served by threads of this process; with
+    MEDHASH_BROKER_URL set, messages go to Redis for separate `medhash worker` processes.
+    """
+    _run(port, in_process_pipeline=True)
+
+
+def _run(port: int | None, *, in_process_pipeline: bool) -> None:
     from services.listener import Listener
-    from services.runtime import Runtime
     from shared.ingest import Ingestor
     from shared.metrics import serve_metrics
+    from shared.preprocess import PreprocessOptions, Preprocessor
+    from shared.queue import InProcessDispatcher, Stage
+    from shared.reconciler import Reconciler
+    from shared.runtime import Runtime
 
     settings = get_settings()
     if port is not None:
@@ -43,6 +61,21 @@ def listener(
     setup_logging(settings)
     runtime = Runtime.from_settings(settings)
     serve_metrics(settings.metrics_port)
+    reconciler = None
+    if in_process_pipeline:
+        console.print(
+            f"embedded default: data in {settings.data_dir}"
+            if settings.embedded
+            else "using the configured servers (MEDHASH_DATABASE_URL / BROKER_URL / S3_ENDPOINT)"
+        )
+        if isinstance(runtime.dispatcher, InProcessDispatcher):
+            preprocessor = Preprocessor(
+                runtime.store, runtime.catalog, runtime.dispatcher,
+                PreprocessOptions.from_settings(settings),
+            )
+            runtime.dispatcher.register(Stage.PREPROCESS, preprocessor.run, settings.worker_threads)
+        reconciler = Reconciler(runtime.catalog, runtime.dispatcher, settings)
+        reconciler.start()
     scp = Listener(settings, Ingestor(runtime.store, runtime.catalog, runtime.dispatcher))
     address = scp.start()
     console.print(f"medhash listener: AE {settings.ae_title} on {address.host}:{address.port}")
@@ -50,18 +83,9 @@ def listener(
         wait_for_signal()
     finally:
         scp.stop()
+        if reconciler is not None:
+            reconciler.stop()
         runtime.close()
-
-
-def serve() -> None:
-    """Run medhash in one process on the embedded default (listener now; the rest as it lands)."""
-    settings = get_settings()
-    console.print(
-        f"embedded default: data in {settings.data_dir}"
-        if settings.embedded
-        else "using the configured servers (MEDHASH_DATABASE_URL / BROKER_URL / S3_ENDPOINT)"
-    )
-    listener(port=None)
 
 
 def send(

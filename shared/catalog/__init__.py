@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.catalog.catalog import Catalog, Instance, NewInstance, RecordOutcome
+from shared.catalog.catalog import Catalog, Instance, NewInstance, NewSlice, RecordOutcome, Slice
 from shared.catalog.db import CatalogError, CatalogUnavailable, open_database
 from shared.catalog.states import InstanceState
 from shared.config import Settings
@@ -20,6 +20,8 @@ __all__ = [
     "Instance",
     "InstanceState",
     "NewInstance",
+    "NewSlice",
+    "Slice",
     "RecordOutcome",
     "open_catalog",
 ]

@@ -8,7 +8,9 @@ never sees an instance half-recorded.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -164,5 +166,154 @@ class Catalog:
         counts.update({str(state): int(count) for state, count in rows})
         return counts
 
+    # --- pipeline transitions ---------------------------------------------------------------
+
+    def count_attempt(self, instance_id: int, delta: int = 1) -> int:
+        """Count one more (or, with ``delta=-1``, one fewer) attempt; returns the new count."""
+        with self.database.transaction() as tx:
+            rows = tx.execute(
+                "UPDATE instances SET attempts = attempts + ? WHERE id = ? RETURNING attempts",
+                (delta, instance_id),
+            )
+        return int(rows[0][0]) if rows else 0
+
+    def transition(
+        self,
+        instance_id: int,
+        expected: InstanceState,
+        new: InstanceState,
+        reason: str | None = None,
+        slices: Sequence[NewSlice] = (),
+    ) -> bool:
+        """Move ``expected`` -> ``new`` (and record its slices) in one transaction.
+
+        Returns False, writing nothing, when the instance is no longer in ``expected``: a
+        redelivered or duplicated task that lost the race leaves no second set of effects.
+        Attempts restart at zero for the next stage.
+        """
+        now = time.time()
+        with self.database.transaction() as tx:
+            moved = tx.execute(
+                "UPDATE instances SET state = ?, reason = ?, state_changed_at = ?, attempts = 0 "
+                "WHERE id = ? AND state = ? RETURNING series_instance_uid",
+                (new.value, reason, now, instance_id, expected.value),
+            )
+            if not moved:
+                return False
+            series = moved[0][0]
+            for item in slices:
+                tx.execute(
+                    "INSERT INTO slices (instance_id, frame_index, series_instance_uid, "
+                    "object_key, height, width, stats, excluded, exclusion_reason, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (instance_id, frame_index) DO NOTHING",
+                    (instance_id, item.frame_index, series, item.object_key, item.height,
+                     item.width, json.dumps(item.stats), item.excluded, item.exclusion_reason, now),
+                )
+        return True
+
+    def stale(self, state: InstanceState, older_than_s: float, limit: int = 1000) -> list[Instance]:
+        """Current instances that have sat in ``state`` for longer than ``older_than_s``."""
+        with self.database.transaction() as tx:
+            rows = tx.execute(
+                f"{_SELECT_INSTANCE} WHERE state = ? AND is_current AND state_changed_at < ? "
+                "ORDER BY state_changed_at LIMIT ?",
+                (state.value, time.time() - older_than_s, limit),
+            )
+        return [_instance(row) for row in rows]
+
+    def touch(self, instance_id: int) -> None:
+        """Restart the instance's timeout in its state (it was just re-enqueued)."""
+        with self.database.transaction() as tx:
+            tx.execute(
+                "UPDATE instances SET state_changed_at = ? WHERE id = ?", (time.time(), instance_id)
+            )
+
+    # --- slices and series cleaning ---------------------------------------------------------
+
+    def slices(self, instance_id: int) -> list[Slice]:
+        with self.database.transaction() as tx:
+            rows = tx.execute(
+                f"{_SELECT_SLICE} WHERE instance_id = ? ORDER BY frame_index", (instance_id,)
+            )
+        return [_slice(row) for row in rows]
+
+    def all_slices(self) -> list[Slice]:
+        with self.database.transaction() as tx:
+            rows = tx.execute(f"{_SELECT_SLICE} ORDER BY id")
+        return [_slice(row) for row in rows]
+
+    def series_to_clean(self, stable_s: float) -> list[str]:
+        """Series with no new slice for ``stable_s`` whose cleaning is missing or out of date."""
+        with self.database.transaction() as tx:
+            rows = tx.execute(
+                "SELECT s.series_instance_uid FROM slices s "
+                "LEFT JOIN series_cleaning c ON c.series_instance_uid = s.series_instance_uid "
+                "WHERE s.series_instance_uid IS NOT NULL "
+                "GROUP BY s.series_instance_uid, c.slice_count "
+                "HAVING MAX(s.created_at) < ? AND (c.slice_count IS NULL OR c.slice_count <> COUNT(*))",
+                (time.time() - stable_s,),
+            )
+        return [str(row[0]) for row in rows]
+
+    def series_slices(self, series_instance_uid: str) -> list[Slice]:
+        with self.database.transaction() as tx:
+            rows = tx.execute(
+                f"{_SELECT_SLICE} WHERE series_instance_uid = ? ORDER BY id",
+                (series_instance_uid,),
+            )
+        return [_slice(row) for row in rows]
+
+    def record_series_cleaning(
+        self, series_instance_uid: str, verdicts: Sequence[tuple[int, str | None]]
+    ) -> None:
+        """Store each slice's exclusion reason (None: kept) and mark the series as cleaned."""
+        with self.database.transaction() as tx:
+            for slice_id, reason in verdicts:
+                tx.execute(
+                    "UPDATE slices SET excluded = ?, exclusion_reason = ? WHERE id = ?",
+                    (reason is not None, reason, slice_id),
+                )
+            tx.execute(
+                "INSERT INTO series_cleaning (series_instance_uid, slice_count, cleaned_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (series_instance_uid) DO UPDATE SET "
+                "slice_count = excluded.slice_count, cleaned_at = excluded.cleaned_at",
+                (series_instance_uid, len(verdicts), time.time()),
+            )
+
     def close(self) -> None:
         self.database.close()
+
+
+@dataclass(frozen=True)
+class NewSlice:
+    """One preprocessed frame of an instance, as the preprocess stage made it."""
+
+    frame_index: int
+    object_key: str
+    height: int
+    width: int
+    stats: dict[str, float]
+    excluded: bool = False
+    exclusion_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Slice(NewSlice):
+    """A catalog row of the ``slices`` table."""
+
+    id: int = 0
+    instance_id: int = 0
+    series_instance_uid: str | None = None
+    created_at: float = 0.0
+
+
+_SLICE_COLUMNS = tuple(field.name for field in fields(Slice))
+_SELECT_SLICE = f"SELECT {', '.join(_SLICE_COLUMNS)} FROM slices"
+
+
+def _slice(row: Row) -> Slice:
+    values: dict[str, Any] = dict(zip(_SLICE_COLUMNS, row, strict=True))
+    values["stats"] = json.loads(values["stats"])
+    values["excluded"] = bool(values["excluded"])
+    return Slice(**values)

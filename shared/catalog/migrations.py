@@ -62,6 +62,36 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX instances_study ON instances (study_instance_uid)",
         ),
     ),
+    Migration(
+        2,
+        "slices made by the preprocess stage, and series cleaning",
+        (
+            """
+            CREATE TABLE slices (
+                id {pk},
+                instance_id BIGINT NOT NULL REFERENCES instances (id),
+                frame_index INTEGER NOT NULL,
+                series_instance_uid TEXT,
+                object_key TEXT NOT NULL,
+                height INTEGER NOT NULL,
+                width INTEGER NOT NULL,
+                stats TEXT NOT NULL,
+                excluded BOOLEAN NOT NULL DEFAULT FALSE,
+                exclusion_reason TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (instance_id, frame_index)
+            )
+            """,
+            "CREATE INDEX slices_series ON slices (series_instance_uid, created_at)",
+            """
+            CREATE TABLE series_cleaning (
+                series_instance_uid TEXT PRIMARY KEY,
+                slice_count INTEGER NOT NULL,
+                cleaned_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

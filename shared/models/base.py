@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import timm
@@ -152,6 +153,7 @@ class HashModel(nn.Module):
     method: str = ""
     bits: int
     num_classes: int
+    config: dict[str, Any]  # set by ``create_model``: the arguments that rebuild this model
 
     def forward_features(self, x: torch.Tensor) -> object:
         raise NotImplementedError

@@ -14,6 +14,9 @@ Choices where the paper is silent, and why:
     Without LF the intermediate stage is not used at all: the hash branch sees Linear1
     only, and AT (if on) applies CBAM to the final backbone map instead, so "EfficientNet+AT"
     still means "EfficientNet with CBAM". Without Ptanh the hash layer is a plain tanh.
+  * Loss (``DAFHCriterion``): triplets mined in the batch with batch-hard positives and
+    FaceNet's semi-hard negatives, on L2-normalised codes; hardest negatives collapsed the
+    codes when training from scratch (see ``shared.losses.mined_triplet``).
   * Other timm backbones (resnet50, a ViT, Table 4) work by name: the penultimate stage is
     what ``TimmBackbone`` reports.
 """

@@ -1,0 +1,56 @@
+"""``medhash worker`` and ``medhash reconciler``: the pipeline's processes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from shared.config import get_settings
+from shared.logs import setup_logging
+
+
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "preprocess",
+    concurrency: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
+) -> None:
+    """Run a Celery worker on MEDHASH_BROKER_URL (same as `celery -A workers.app worker -Q ...`)."""
+    settings = get_settings()
+    if not settings.broker_url:
+        raise typer.BadParameter(
+            "MEDHASH_BROKER_URL is not set: separate workers need a Redis broker. "
+            "On the embedded default, `medhash serve` runs the workers in-process."
+        )
+    setup_logging(settings)
+    from shared.metrics import serve_metrics
+    from workers.app import app as celery_app
+
+    serve_metrics(settings.metrics_port)
+    argv = ["worker", "-Q", queues, "--loglevel", settings.log_level, "-n", f"{queues}@%h"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    celery_app.worker_main(argv)
+
+
+def reconciler() -> None:
+    """Re-enqueue instances stuck in a state and clean stable series, until SIGINT/SIGTERM."""
+    from medhash.commands.ingest import wait_for_signal
+    from shared.reconciler import Reconciler
+    from shared.runtime import Runtime
+
+    settings = get_settings()
+    setup_logging(settings)
+    runtime = Runtime.from_settings(settings)
+    loop = Reconciler(runtime.catalog, runtime.dispatcher, settings)
+    loop.run_once()
+    loop.start()
+    try:
+        wait_for_signal()
+    finally:
+        loop.stop()
+        runtime.close()
+
+
+def register(app: typer.Typer) -> None:
+    for command in (worker, reconciler):
+        app.command()(command)
