@@ -282,6 +282,9 @@ class MedhashTarget(Target):
 
     def note(self, associations: int) -> str:
         note = "SQLite+folder, fsync before Success"
+        processes = int(self.extra_env.get("MEDHASH_LISTENER_PROCESSES", "1"))
+        if processes > 1:
+            note += f", {processes} listener processes"
         if "MEDHASH_DATABASE_URL" in self.extra_env:
             note = "PostgreSQL(fsync off)+Redis+moto S3: test stand-ins"
         if "PYTHONPATH" in self.extra_env:
@@ -531,6 +534,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="run the medhash listener from this source tree (put first on "
                         "PYTHONPATH) instead of the installed one: to compare a branch or an "
                         "experiment against the same storescp in the same run")
+    parser.add_argument("--listener-processes", type=int, default=1,
+                        help="MEDHASH_LISTENER_PROCESSES for the medhash listener (SO_REUSEPORT "
+                        "processes sharing the port; default 1)")
     parser.add_argument("--label", default="",
                         help="suffix for the medhash rows' names (e.g. the branch measured)")
     return parser.parse_args(argv)
@@ -570,7 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "storescp" in args.targets:
             targets.append(StorescpTarget(workdir))
         if "medhash" in args.targets:
-            targets.append(MedhashTarget(workdir, f"medhash embedded{args.label}", src=args.medhash_src))
+            processes = {"MEDHASH_LISTENER_PROCESSES": str(args.listener_processes)}
+            label = f"{args.label} x{args.listener_processes}" if args.listener_processes > 1 else args.label
+            targets.append(MedhashTarget(workdir, f"medhash embedded{label}", extra_env=processes,
+                                         src=args.medhash_src))
         if args.distributed:
             targets.append(stack.enter_context(distributed_target(workdir, args.label, args.medhash_src)))
 

@@ -2,14 +2,16 @@
 
 Thin glue between pynetdicom and :class:`shared.ingest.Ingestor`. It accepts every storage
 SOP class of the standard with every transfer syntax that can be stored as received, and
-stores the encoded dataset exactly as it arrived (no decoding, no re-encoding) behind the
-file meta pynetdicom derives from the presentation context.
+stores the encoded dataset exactly as it arrived (no decoding, no re-encoding) behind a
+file meta derived from the request and the presentation context.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import threading
 from dataclasses import dataclass
 
 from pynetdicom import (
@@ -22,6 +24,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from shared.config import Settings
+from shared.dicom.part10 import file_meta
 from shared.ingest import Ingestor
 from shared.metrics import ASSOCIATIONS, ASSOCIATIONS_REJECTED
 
@@ -31,6 +34,20 @@ log = logging.getLogger("medhash.listener")
 # encapsulated one (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE, MPEG,
 # HEVC, ...). Encapsulated data is stored as received, so no codec is needed here.
 STORABLE_TRANSFER_SYNTAXES: list[str] = list(ALL_TRANSFER_SYNTAXES)
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """An association server whose port several listener processes can bind (SO_REUSEPORT).
+
+    The kernel spreads incoming associations over the processes, which is how the listener
+    scales past the one core a Python process gets (``MEDHASH_LISTENER_PROCESSES``).
+    """
+
+    request_queue_size = 128  # socketserver's default backlog of 5 drops bursts of senders
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 @dataclass(frozen=True)
@@ -82,11 +99,16 @@ class Listener:
         request = event.request
         requestor = event.assoc.requestor
         calling_ae = requestor.ae_title.strip() if requestor.ae_title else None
+        sop_class_uid = str(request.AffectedSOPClassUID or "")
+        sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+        transfer_syntax_uid = str(event.context.transfer_syntax)
+        # the dataset exactly as it arrived, behind a file meta derived from the request
+        part10 = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
         outcome = self.ingestor.store_instance(
-            event.encoded_dataset(include_meta=True),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
-            sop_class_uid=str(request.AffectedSOPClassUID or ""),
-            transfer_syntax_uid=str(event.context.transfer_syntax),
+            part10 + event.request.DataSet.getvalue(),
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=sop_class_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
             calling_ae=calling_ae,
         )
         return int(outcome.status)
@@ -115,12 +137,15 @@ class Listener:
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        self._server = self.ae.start_server(
+        self._server = self.ae.make_server(
             (self.settings.dicom_host, self.settings.dicom_port),
-            block=False,
             evt_handlers=handlers,
             ssl_context=build_tls_context(self.settings),
+            server_class=_SharedPortServer,
         )
+        threading.Thread(
+            target=self._server.serve_forever, name="medhash-listener", daemon=True
+        ).start()
         host, port = self._server.server_address[:2]
         log.info(
             "listening as %s on %s:%d (%d storage SOP classes, %d transfer syntaxes%s)",

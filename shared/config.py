@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated calling AE titles allowed to associate; empty allows any.",
     )
+    listener_processes: int = Field(
+        default=1,
+        description="Listener processes sharing the DICOM port (SO_REUSEPORT); one per core "
+        "lets parallel associations use every core. Process i serves metrics on "
+        "`MEDHASH_METRICS_PORT` + i.",
+    )
     max_associations: int = Field(
         default=32, description="Maximum simultaneous DICOM associations."
     )

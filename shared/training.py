@@ -6,7 +6,8 @@ registry returns. The loop is seeded, shows progress (epoch, step, loss, ETA via
 saves a resumable checkpoint at epoch ends (at most every ``checkpoint_every_s`` seconds, and
 always after the last epoch, so tiny epochs do not spend their time writing files), uses AMP on CUDA only (fp16 CPU kernels are
 slow or missing) and channels-last on CPU (faster depthwise convolutions in oneDNN), and
-logs every step to CSV and optionally TensorBoard.
+logs every step to CSV and optionally TensorBoard. After the last epoch BatchNorm statistics
+are recomputed with the final weights (``recalibrate_batchnorm``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from shared.checkpoint import save_checkpoint
 from shared.datasets import DEFAULT_NORMALIZATION, Augmenter, ImageSet, balanced_batches, to_model_input
 from shared.models import HashModel, create_criterion, create_model, resolve_name
 
-__all__ = ["TrainConfig", "TrainResult", "resolve_device", "fit"]
+__all__ = ["TrainConfig", "TrainResult", "resolve_device", "fit", "recalibrate_batchnorm"]
 
 
 @dataclass
@@ -192,6 +193,8 @@ def fit(
             if epoch + 1 < config.epochs and time.time() - last_save < checkpoint_every_s:
                 continue
             last_save = time.time()
+            if epoch + 1 == config.epochs:
+                recalibrate_batchnorm(model, train_set, config.batch_size, dev, config.seed)
             version = save_checkpoint(
                 out, model, train_set.class_names, DEFAULT_NORMALIZATION, asdict(config),
                 training_state={"optimizer": optimizer.state_dict(), "epoch": epoch + 1, "step": step,
@@ -201,6 +204,32 @@ def fit(
         log.close()
     model.eval()
     return TrainResult(model, version, epoch_losses)
+
+
+def recalibrate_batchnorm(model: HashModel, data: ImageSet, batch_size: int, device: torch.device, seed: int,
+                          max_batches: int = 50) -> None:
+    """Precise BatchNorm (Wu & Johnson 2021): recompute every BN layer's running statistics
+    as the plain average over up to ``max_batches`` batches of unaugmented training images,
+    with the final weights.
+
+    Why: the exponential moving average lags weights that still move fast (from-scratch
+    training, lr 1e-3, a few epochs), so eval-mode codes drift from the ones the loss
+    optimised; on a tiny set every method reached zero loss with train-mode mAP 1.0 but
+    eval-mode mAP 0.83-0.95 before this step.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # None = cumulative average
+    gen = torch.Generator().manual_seed(seed + 1)
+    order = torch.randperm(len(data), generator=gen)[: max_batches * batch_size]
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(order), batch_size):
+            model(_batches(data, order[i:i + batch_size], None, gen, device))
+    for bn, momentum in zip(norms, momenta):
+        bn.momentum = momentum
 
 
 def _c2l(model: HashModel, data: ImageSet, config: TrainConfig, augmenter: Augmenter, gen: torch.Generator,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
 import threading
 from collections import Counter
@@ -30,8 +31,41 @@ def wait_for_signal() -> None:
 
 def listener(
     port: Annotated[int | None, typer.Option(help="Override MEDHASH_DICOM_PORT.")] = None,
+    processes: Annotated[
+        int | None, typer.Option(help="Override MEDHASH_LISTENER_PROCESSES.")
+    ] = None,
 ) -> None:
     """Run the DICOM listener (C-ECHO, C-STORE) until SIGINT/SIGTERM."""
+    settings = get_settings()
+    count = processes or settings.listener_processes
+    if count <= 1:
+        _run(port, in_process_pipeline=False)
+        return
+    if (port or settings.dicom_port) == 0:
+        raise typer.BadParameter("several listener processes need a fixed port, not 0")
+    # spawned, not forked: each process opens its own catalog pool and store clients
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_run_one, args=(port, index), daemon=False)
+                for index in range(count)]
+    for child in children:
+        child.start()
+    try:
+        wait_for_signal()
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(timeout=15)
+
+
+def _run_one(port: int | None, index: int) -> None:
+    """One of several listener processes; its metrics port is offset by its index."""
+    import os
+
+    base = get_settings().metrics_port
+    if base:
+        os.environ["MEDHASH_METRICS_PORT"] = str(base + index)
+        get_settings.cache_clear()
     _run(port, in_process_pipeline=False)
 
 

@@ -80,7 +80,7 @@ class Catalog:
 
     def find_duplicate(self, sop_instance_uid: str, sha256: str) -> int | None:
         """The id of the row holding exactly these bytes for this UID, if there is one."""
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(
                 "SELECT id FROM instances WHERE sop_instance_uid = ? AND sha256 = ?",
                 (sop_instance_uid, sha256),
@@ -124,13 +124,13 @@ class Catalog:
         )
 
     def get(self, instance_id: int) -> Instance | None:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(f"{_SELECT_INSTANCE} WHERE id = ?", (instance_id,))
         return _instance(rows[0]) if rows else None
 
     def versions(self, sop_instance_uid: str) -> list[Instance]:
         """Every stored version of an instance, newest first."""
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(
                 f"{_SELECT_INSTANCE} WHERE sop_instance_uid = ? ORDER BY id DESC",
                 (sop_instance_uid,),
@@ -143,7 +143,7 @@ class Catalog:
         return next((version for version in versions if version.is_current), None)
 
     def all_instances(self) -> list[Instance]:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(f"{_SELECT_INSTANCE} ORDER BY id")
         return [_instance(row) for row in rows]
 
@@ -158,7 +158,7 @@ class Catalog:
 
     def counts_by_state(self) -> dict[str, int]:
         """Number of current instances in each state (every state listed, zeros included)."""
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(
                 "SELECT state, COUNT(*) FROM instances WHERE is_current GROUP BY state"
             )
@@ -214,7 +214,7 @@ class Catalog:
 
     def stale(self, state: InstanceState, older_than_s: float, limit: int = 1000) -> list[Instance]:
         """Current instances that have sat in ``state`` for longer than ``older_than_s``."""
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(
                 f"{_SELECT_INSTANCE} WHERE state = ? AND is_current AND state_changed_at < ? "
                 "ORDER BY state_changed_at LIMIT ?",
@@ -232,20 +232,20 @@ class Catalog:
     # --- slices and series cleaning ---------------------------------------------------------
 
     def slices(self, instance_id: int) -> list[Slice]:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(
                 f"{_SELECT_SLICE} WHERE instance_id = ? ORDER BY frame_index", (instance_id,)
             )
         return [_slice(row) for row in rows]
 
     def all_slices(self) -> list[Slice]:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(f"{_SELECT_SLICE} ORDER BY id")
         return [_slice(row) for row in rows]
 
     def series_to_clean(self, stable_s: float) -> list[str]:
         """Series with no new slice for ``stable_s`` whose cleaning is missing or out of date."""
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(
                 "SELECT s.series_instance_uid FROM slices s "
                 "LEFT JOIN series_cleaning c ON c.series_instance_uid = s.series_instance_uid "
@@ -257,7 +257,7 @@ class Catalog:
         return [str(row[0]) for row in rows]
 
     def series_slices(self, series_instance_uid: str) -> list[Slice]:
-        with self.database.transaction() as tx:
+        with self.database.transaction(write=False) as tx:
             rows = tx.execute(
                 f"{_SELECT_SLICE} WHERE series_instance_uid = ? ORDER BY id",
                 (series_instance_uid,),

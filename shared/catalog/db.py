@@ -7,8 +7,8 @@ turns into a "retry later" status, so an outage never looks like a bad instance.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +37,11 @@ class Database(Protocol):
     dialect: Dialect
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """A transaction that commits when the block ends and rolls back on an exception."""
+    def transaction(self, write: bool = True) -> Iterator[Transaction]:
+        """A transaction that commits when the block ends and rolls back on an exception.
+
+        ``write=False`` promises only reads, which lets SQLite skip the write lock.
+        """
         ...
 
     def close(self) -> None: ...
@@ -55,62 +58,70 @@ class _SqliteTransaction:
 class SqliteDatabase:
     """SQLite in WAL mode with ``synchronous=FULL``: a committed row survives power loss.
 
-    One connection per thread (sqlite3 connections must not be shared across threads
-    mid-transaction); ``BEGIN IMMEDIATE`` takes the write lock up front so concurrent
-    associations queue on ``busy_timeout`` instead of failing with "database is locked".
+    Connections come from a small pool rather than one per thread: pynetdicom runs every
+    association on a new thread, and per-thread connections would leak one file handle per
+    association. Writers take the lock up front (``BEGIN IMMEDIATE``) so concurrent
+    associations queue on ``busy_timeout`` instead of failing with "database is locked";
+    readers use a deferred transaction and never wait for a writer (WAL).
     """
 
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0, max_idle: int = 8) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._idle: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._max_idle = max_idle
 
-    def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("PRAGMA foreign_keys=ON")
-            self._local.connection = connection
-            with self._lock:
-                self._connections.append(connection)
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA foreign_keys=ON")
         return connection
 
-    @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def _acquire(self) -> sqlite3.Connection:
         try:
-            connection = self._connection()
-            connection.execute("BEGIN IMMEDIATE")
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self._connect()
+
+    def _release(self, connection: sqlite3.Connection) -> None:
+        if self._idle.qsize() < self._max_idle:
+            self._idle.put(connection)
+        else:
+            connection.close()
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[Transaction]:
+        try:
+            connection = self._acquire()
+            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as exc:
             raise CatalogUnavailable(f"SQLite catalog {self.path}: {exc}") from exc
         try:
-            yield _SqliteTransaction(connection)
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        try:
-            connection.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            connection.execute("ROLLBACK")
-            raise CatalogUnavailable(f"SQLite catalog {self.path}: commit failed: {exc}") from exc
+            try:
+                yield _SqliteTransaction(connection)
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            try:
+                connection.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                connection.execute("ROLLBACK")
+                raise CatalogUnavailable(f"SQLite catalog {self.path}: commit failed: {exc}") from exc
+        finally:
+            self._release(connection)
 
     def close(self) -> None:
-        with self._lock:
-            for connection in self._connections:
-                connection.close()
-            self._connections.clear()
-        self._local = threading.local()
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
 
 class _PostgresTransaction:
@@ -149,7 +160,7 @@ class PostgresDatabase:
         self._pool.open(wait=False)
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, write: bool = True) -> Iterator[Transaction]:
         import psycopg
         from psycopg_pool import PoolTimeout
 

@@ -13,6 +13,13 @@ import pydicom
 from pydicom.dataset import Dataset
 
 
+_TAGS = [
+    "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
+    "PatientID", "Modality", "BodyPartExamined", "NumberOfFrames",
+]
+"""Only these are converted; every other element is skipped over by its length."""
+
+
 class UnreadableDataset(ValueError):
     """The bytes do not parse as a DICOM dataset."""
 
@@ -46,7 +53,7 @@ def _frames(dataset: Dataset) -> int:
 def read_header(part10: bytes) -> HeaderSummary:
     """Summarise a DICOM Part 10 byte stream; :class:`UnreadableDataset` when it does not parse."""
     try:
-        dataset = pydicom.dcmread(BytesIO(part10), stop_before_pixels=True)
+        dataset = pydicom.dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=_TAGS)
         return HeaderSummary(
             sop_instance_uid=_text(dataset, "SOPInstanceUID"),
             sop_class_uid=_text(dataset, "SOPClassUID"),

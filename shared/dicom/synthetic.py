@@ -17,11 +17,11 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     SecondaryCaptureImageStorage,
-    UID,
     generate_uid,
 )
 
-IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.10.1427.1")
+from shared.dicom.part10 import IMPLEMENTATION_CLASS_UID
+
 UID_PREFIX = "1.2.826.0.1.3680043.10.1427."
 
 

@@ -76,10 +76,12 @@ class TimmBackbone(nn.Module):
         self.model.eval()
         with torch.no_grad():
             pen, final = self.forward(torch.zeros(1, in_chans, image_size, image_size))
+            pooled = self.pool(final)
         self.model.train(was_training)
         self.penultimate_shape: tuple[int, ...] = tuple(pen.shape[1:])
         self.final_shape: tuple[int, ...] = tuple(final.shape[1:])
-        self.num_features: int = int(self.model.num_features)
+        # measured, not model.num_features: some heads (MobileNetV3) add a conv after pooling
+        self.num_features: int = int(pooled.shape[1])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (penultimate-stage map NCHW, final backbone output before pooling)."""
