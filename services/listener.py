@@ -143,6 +143,9 @@ class Listener:
             ssl_context=build_tls_context(self.settings),
             server_class=_SharedPortServer,
         )
+        # what AE.start_server does, with our server class: the AE tracks its servers and
+        # the server's shutdown() removes itself from that list
+        self.ae._servers.append(self._server)  # noqa: SLF001
         threading.Thread(
             target=self._server.serve_forever, name="medhash-listener", daemon=True
         ).start()
