@@ -140,7 +140,8 @@ class Preprocessor:
             # absolute rules now (a series of one): the IQR rule runs on the stable series
             reasons = flag_outliers([stats], self.options.thresholds)[0].reasons
             key = slice_key(raw_key, frame.index)
-            self.store.put(key, encode_slice(pixels), content_type=SLICE_MEDIA_TYPE)
+            # derived from durable raw bytes: if a power cut loses it, it is made again
+            self.store.put(key, encode_slice(pixels), content_type=SLICE_MEDIA_TYPE, durable=False)
             slices.append(
                 NewSlice(
                     frame_index=frame.index,

@@ -189,10 +189,11 @@ class Catalog:
 
         Returns False, writing nothing, when the instance is no longer in ``expected``: a
         redelivered or duplicated task that lost the race leaves no second set of effects.
-        Attempts restart at zero for the next stage.
+        Attempts restart at zero for the next stage. Not flushed to disk on SQLite: a stage's
+        result lost to a power cut puts the instance back a state, and it is derived again.
         """
         now = time.time()
-        with self.database.transaction() as tx:
+        with self.database.transaction(durable=False) as tx:
             moved = tx.execute(
                 "UPDATE instances SET state = ?, reason = ?, state_changed_at = ?, attempts = 0 "
                 "WHERE id = ? AND state = ? RETURNING series_instance_uid",

@@ -37,10 +37,12 @@ class Database(Protocol):
     dialect: Dialect
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Transaction]:
+    def transaction(self, write: bool = True, durable: bool = True) -> Iterator[Transaction]:
         """A transaction that commits when the block ends and rolls back on an exception.
 
         ``write=False`` promises only reads, which lets SQLite skip the write lock.
+        ``durable=False`` is for state the pipeline can derive again (a stage's result): the
+        commit is atomic but may be rolled back by a power cut, which spares SQLite a flush.
         """
         ...
 
@@ -96,9 +98,10 @@ class SqliteDatabase:
             connection.close()
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Transaction]:
+    def transaction(self, write: bool = True, durable: bool = True) -> Iterator[Transaction]:
         try:
             connection = self._acquire()
+            connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.Error as exc:
             raise CatalogUnavailable(f"SQLite catalog {self.path}: {exc}") from exc
@@ -160,7 +163,7 @@ class PostgresDatabase:
         self._pool.open(wait=False)
 
     @contextmanager
-    def transaction(self, write: bool = True) -> Iterator[Transaction]:
+    def transaction(self, write: bool = True, durable: bool = True) -> Iterator[Transaction]:
         import psycopg
         from psycopg_pool import PoolTimeout
 

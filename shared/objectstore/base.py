@@ -50,8 +50,20 @@ def check_key(key: str) -> str:
 class ObjectStore(Protocol):
     """Bytes under readable keys such as ``raw/<StudyUID>/<SeriesUID>/<SOPUID>.<sha>.dcm``."""
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        """Store ``data`` under ``key``; durable when this returns."""
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        durable: bool = True,
+    ) -> None:
+        """Store ``data`` under ``key``; durable when this returns.
+
+        ``durable=False`` is for derived objects (slices, thumbnails) that the pipeline can
+        make again from the raw bytes: the write is atomic but may be lost on power failure,
+        which spares a backend the flushes that dominate small writes.
+        """
         ...
 
     def get(self, key: str) -> bytes:

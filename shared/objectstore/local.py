@@ -2,7 +2,8 @@
 
 Writes go to a temporary file in the target folder, are fsync'ed, renamed over the key and
 the folder is fsync'ed, so a crash leaves either the old object or the new one, never a torn
-file, and a returned ``put`` survives power loss.
+file, and a returned ``put`` survives power loss. Derived objects (``durable=False``) skip
+the two flushes and keep the atomic rename.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ class LocalObjectStore:
             raise ObjectNotFound(key)
         return path
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        durable: bool = True,
+    ) -> None:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,13 +45,15 @@ class LocalObjectStore:
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                    if durable:
+                        handle.flush()
+                        os.fsync(handle.fileno())
                 os.replace(tmp_name, path)
             except BaseException:
                 Path(tmp_name).unlink(missing_ok=True)
                 raise
-            _fsync_dir(path.parent)
+            if durable:
+                _fsync_dir(path.parent)
         except OSError as exc:
             raise ObjectStoreUnavailable(f"cannot write {path}: {exc}") from exc
 

@@ -66,7 +66,14 @@ class S3ObjectStore:
                         raise
         self._bucket_ready = True
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        durable: bool = True,  # MinIO acknowledges only durable writes; nothing to skip
+    ) -> None:
         check_key(key)
         self._ensure_bucket()
         with _unavailable_on_failure(f"put {key}"):
