@@ -130,6 +130,29 @@ class Settings(BaseSettings):
         description="Embedded default: preprocess threads inside `medhash serve`.",
     )
 
+    # --- encoding and the index --------------------------------------------------------------
+    device: str = Field(
+        default="auto",
+        description="Torch device of the encode workers: `auto` (CUDA when available), `cpu`, "
+        "`cuda`, `cuda:1`, ... Run one encode worker process per GPU.",
+    )
+    encode_batch_size: int = Field(
+        default=32, description="Slices per forward pass, gathered across tasks."
+    )
+    encode_max_wait_s: float = Field(
+        default=0.02,
+        description="Longest wait for a batch to fill before it runs anyway (seconds).",
+    )
+    index_shards: int = Field(default=8, description="Shards of each model version's index.")
+    index_flush_s: float = Field(
+        default=1.0,
+        description="How often the indexer writes new codes as a delta and a new generation.",
+    )
+    index_compact_deltas: int = Field(
+        default=32,
+        description="The indexer merges deltas into the shards when there are more than this.",
+    )
+
     # --- reliability -------------------------------------------------------------------------
     reconcile_after_s: float = Field(
         default=300.0,

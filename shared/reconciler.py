@@ -21,9 +21,12 @@ from shared.queue import Dispatcher, Stage
 
 log = logging.getLogger("medhash.reconciler")
 
-# The stage that takes an instance out of each non-final state. Stages that have not landed
-# yet have no entry: their instances wait, correctly, in the state before them.
-NEXT_STAGE: dict[InstanceState, Stage] = {InstanceState.RECEIVED: Stage.PREPROCESS}
+# The stage that takes an instance out of each non-final state.
+NEXT_STAGE: dict[InstanceState, Stage] = {
+    InstanceState.RECEIVED: Stage.PREPROCESS,
+    InstanceState.PREPROCESSED: Stage.ENCODE,
+    InstanceState.ENCODED: Stage.INDEX,
+}
 
 
 class Reconciler:
@@ -39,6 +42,8 @@ class Reconciler:
         """One scan; returns how many instances were re-enqueued."""
         resent = 0
         for state, stage in NEXT_STAGE.items():
+            if stage is not Stage.PREPROCESS and self.settings.model is None:
+                continue  # no model configured: nothing consumes encode/index, let them wait
             for instance in self.catalog.stale(state, self.settings.reconcile_after_s):
                 self.catalog.touch(instance.id)
                 self.dispatcher.enqueue(stage, instance.id)

@@ -1,45 +1,102 @@
 """The Celery tasks: thin wrappers that hand a catalog id to the stage in ``shared/``.
 
-Each worker process builds its runtime (object store client, catalog pool, publisher) on
-first use, after Celery's fork, so no connection is ever shared across processes.
-Transient errors (object store or catalog unreachable) retry with exponential backoff and
-jitter; anything about the instance itself is recorded in the catalog by the stage and is
-never retried.
+Each worker process builds its runtime (object store client, catalog pool, publisher, and
+for encode workers the model) on first use, after Celery's fork, so no connection and no
+CUDA context is ever shared across processes. Transient errors (object store or catalog
+unreachable) retry with exponential backoff and jitter; anything about the instance itself
+is recorded in the catalog by the stage and is never retried.
+
+Process layout (see README): ``preprocess`` workers are prefork, one process per core;
+``encode`` workers run one process per GPU with a thread pool (``--pool threads``) so many
+tasks feed one shared batch; the ``index`` worker is a single process (one index writer).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
-from shared.runtime import Runtime
+from celery.signals import worker_shutdown
+
 from shared.catalog import CatalogUnavailable
 from shared.config import get_settings
 from shared.objectstore import ObjectStoreUnavailable
 from shared.preprocess import PreprocessOptions, Preprocessor
 from shared.queue import Stage
+from shared.runtime import Runtime
 from workers.app import app
 
+if TYPE_CHECKING:  # torch and faiss load only in the processes that encode or index
+    from services.indexer import Indexer
+    from shared.encode import EncodeStage
+
 TRANSIENT = (ObjectStoreUnavailable, CatalogUnavailable)
+RETRY = {
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 2,
+    "retry_backoff_max": 120,
+    "retry_jitter": True,
+    "max_retries": 20,
+}
+
+
+@lru_cache(maxsize=1)
+def _runtime() -> Runtime:
+    return Runtime.from_settings(get_settings())
 
 
 @lru_cache(maxsize=1)
 def _preprocessor() -> Preprocessor:
-    settings = get_settings()
-    runtime = Runtime.from_settings(settings)
-    return Preprocessor(
-        runtime.store, runtime.catalog, runtime.dispatcher, PreprocessOptions.from_settings(settings)
-    )
+    runtime = _runtime()
+    return Preprocessor(runtime.store, runtime.catalog, runtime.dispatcher,
+                        PreprocessOptions.from_settings(runtime.settings))
 
 
-@app.task(
-    name=Stage.PREPROCESS.task_name,
-    autoretry_for=TRANSIENT,
-    retry_backoff=2,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=20,
-)
+@lru_cache(maxsize=1)
+def _encode_stage() -> EncodeStage:
+    from shared.encode import EncodeStage, open_encoder
+
+    runtime = _runtime()
+    return EncodeStage(runtime.store, runtime.catalog, runtime.dispatcher, open_encoder(runtime.settings))
+
+
+@lru_cache(maxsize=1)
+def indexer() -> Indexer:
+    """The process's single index writer, flushing on its own thread."""
+    from services.indexer import Indexer
+
+    runtime = _runtime()
+    encoder = _encode_stage().encoder  # the model version and bits come from the checkpoint
+    settings = runtime.settings
+    writer = Indexer(runtime.store, runtime.catalog, encoder.model_version,
+                     encoder.checkpoint.model.bits, shards=settings.index_shards,
+                     flush_s=settings.index_flush_s, compact_deltas=settings.index_compact_deltas)
+    writer.start()
+    return writer
+
+
+@app.task(name=Stage.PREPROCESS.task_name, **RETRY)
 def preprocess(instance_id: int) -> str | None:
     """Decode, normalise, resize and clean one instance's frames into slices."""
     state = _preprocessor().run(int(instance_id))
     return state.value if state else None
+
+
+@app.task(name=Stage.ENCODE.task_name, **RETRY)
+def encode(instance_id: int) -> str | None:
+    """Hash one instance's slices (batched with other tasks of this process)."""
+    state = _encode_stage().run(int(instance_id))
+    return state.value if state else None
+
+
+@app.task(name=Stage.INDEX.task_name, **RETRY)
+def index(instance_id: int) -> None:
+    """Buffer one instance's codes for the next index generation."""
+    indexer().add_instance(int(instance_id))
+
+
+@worker_shutdown.connect
+def _publish_before_exit(**_: Any) -> None:
+    """A stopping indexer publishes what it buffered rather than leaving it to the reconciler."""
+    if indexer.cache_info().currsize:
+        indexer().stop()

@@ -7,6 +7,7 @@ import multiprocessing
 import signal
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -72,10 +73,11 @@ def _run_one(port: int | None, index: int) -> None:
 def serve(
     port: Annotated[int | None, typer.Option(help="Override MEDHASH_DICOM_PORT.")] = None,
 ) -> None:
-    """Run medhash in one process: listener, preprocess workers and reconciler.
+    """Run medhash in one process: listener, pipeline stages and reconciler.
 
-    On the embedded default the queues are served by threads of this process; with
-    MEDHASH_BROKER_URL set, messages go to Redis for separate `medhash worker` processes.
+    On the embedded default every stage runs on threads of this process (encoding and
+    indexing once MEDHASH_MODEL is set); with MEDHASH_BROKER_URL set, messages go to Redis
+    for separate `medhash worker` processes and this process runs listener and reconciler.
     """
     _run(port, in_process_pipeline=True)
 
@@ -84,8 +86,7 @@ def _run(port: int | None, *, in_process_pipeline: bool) -> None:
     from services.listener import Listener
     from shared.ingest import Ingestor
     from shared.metrics import serve_metrics
-    from shared.preprocess import PreprocessOptions, Preprocessor
-    from shared.queue import InProcessDispatcher, Stage
+    from shared.queue import InProcessDispatcher
     from shared.reconciler import Reconciler
     from shared.runtime import Runtime
 
@@ -95,21 +96,18 @@ def _run(port: int | None, *, in_process_pipeline: bool) -> None:
     setup_logging(settings)
     runtime = Runtime.from_settings(settings)
     serve_metrics(settings.metrics_port)
-    reconciler = None
+    stop_pipeline: list[Callable[[], None]] = []
     if in_process_pipeline:
-        console.print(
-            f"embedded default: data in {settings.data_dir}"
-            if settings.embedded
-            else "using the configured servers (MEDHASH_DATABASE_URL / BROKER_URL / S3_ENDPOINT)"
-        )
         if isinstance(runtime.dispatcher, InProcessDispatcher):
-            preprocessor = Preprocessor(
-                runtime.store, runtime.catalog, runtime.dispatcher,
-                PreprocessOptions.from_settings(settings),
-            )
-            runtime.dispatcher.register(Stage.PREPROCESS, preprocessor.run, settings.worker_threads)
-        reconciler = Reconciler(runtime.catalog, runtime.dispatcher, settings)
-        reconciler.start()
+            from services.pipeline import EmbeddedPipeline
+
+            console.print(f"embedded default: data in {settings.data_dir}")
+            stop_pipeline.append(EmbeddedPipeline.start(runtime).stop)
+        else:
+            console.print("distributed: queues on MEDHASH_BROKER_URL for `medhash worker` processes")
+            reconciler = Reconciler(runtime.catalog, runtime.dispatcher, settings)
+            reconciler.start()
+            stop_pipeline.append(reconciler.stop)
     scp = Listener(settings, Ingestor(runtime.store, runtime.catalog, runtime.dispatcher))
     address = scp.start()
     console.print(f"medhash listener: AE {settings.ae_title} on {address.host}:{address.port}")
@@ -117,8 +115,8 @@ def _run(port: int | None, *, in_process_pipeline: bool) -> None:
         wait_for_signal()
     finally:
         scp.stop()
-        if reconciler is not None:
-            reconciler.stop()
+        for stop in stop_pipeline:
+            stop()
         runtime.close()
 
 

@@ -12,9 +12,17 @@ from shared.logs import setup_logging
 
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "preprocess",
-    concurrency: Annotated[int, typer.Option(help="Worker processes (default: one per core).")] = 0,
+    concurrency: Annotated[int, typer.Option(help="Worker processes or threads (default: per core).")] = 0,
+    pool: Annotated[
+        str, typer.Option(help="Celery pool: `prefork` for preprocess; `threads` for encode, so "
+                          "concurrent tasks share the model's batches.")
+    ] = "prefork",
 ) -> None:
-    """Run a Celery worker on MEDHASH_BROKER_URL (same as `celery -A workers.app worker -Q ...`)."""
+    """Run a Celery worker on MEDHASH_BROKER_URL (same as `celery -A workers.app worker -Q ...`).
+
+    Encode workers: one process per GPU (`MEDHASH_DEVICE=cuda:N`), `--pool threads
+    --concurrency <2 x MEDHASH_ENCODE_BATCH_SIZE>`.
+    """
     settings = get_settings()
     if not settings.broker_url:
         raise typer.BadParameter(
@@ -26,10 +34,16 @@ def worker(
     from workers.app import app as celery_app
 
     serve_metrics(settings.metrics_port)
-    argv = ["worker", "-Q", queues, "--loglevel", settings.log_level, "-n", f"{queues}@%h"]
+    argv = ["worker", "-Q", queues, "--loglevel", settings.log_level, "-n", f"{queues}@%h",
+            "--pool", pool]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     celery_app.worker_main(argv)
+
+
+def indexer() -> None:
+    """Run the indexer: the single writer of the active model's index (queue `index`)."""
+    worker(queues="index", concurrency=4, pool="threads")
 
 
 def reconciler() -> None:
@@ -52,5 +66,5 @@ def reconciler() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (worker, reconciler):
+    for command in (worker, indexer, reconciler):
         app.command()(command)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from shared.catalog.catalog import Catalog, Instance, NewInstance, NewSlice, RecordOutcome, Slice
+from shared.catalog.catalog import (
+    Catalog,
+    Instance,
+    NewInstance,
+    NewSlice,
+    RecordOutcome,
+    Slice,
+    SliceCodes,
+    SliceDetail,
+)
 from shared.catalog.db import CatalogError, CatalogUnavailable, open_database
 from shared.catalog.states import InstanceState
 from shared.config import Settings
@@ -22,6 +31,8 @@ __all__ = [
     "NewInstance",
     "NewSlice",
     "Slice",
+    "SliceCodes",
+    "SliceDetail",
     "RecordOutcome",
     "open_catalog",
 ]

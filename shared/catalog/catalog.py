@@ -184,8 +184,9 @@ class Catalog:
         new: InstanceState,
         reason: str | None = None,
         slices: Sequence[NewSlice] = (),
+        codes: SliceCodes | None = None,
     ) -> bool:
-        """Move ``expected`` -> ``new`` (and record its slices) in one transaction.
+        """Move ``expected`` -> ``new`` (and record its slices or codes) in one transaction.
 
         Returns False, writing nothing, when the instance is no longer in ``expected``: a
         redelivered or duplicated task that lost the race leaves no second set of effects.
@@ -211,7 +212,30 @@ class Catalog:
                     (instance_id, item.frame_index, series, item.object_key, item.height,
                      item.width, json.dumps(item.stats), item.excluded, item.exclusion_reason, now),
                 )
+            for slice_id, code in codes.items if codes else ():
+                tx.execute(
+                    "INSERT INTO codes (slice_id, model_version, code, created_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (slice_id, model_version) "
+                    "DO UPDATE SET code = excluded.code, created_at = excluded.created_at",
+                    (slice_id, codes.model_version, code, now),  # type: ignore[union-attr]
+                )
         return True
+
+    def transition_many(
+        self, instance_ids: Sequence[int], expected: InstanceState, new: InstanceState
+    ) -> list[int]:
+        """:meth:`transition` for many instances at once; returns the ids that moved."""
+        moved: list[int] = []
+        now = time.time()
+        with self.database.transaction(durable=False) as tx:
+            for instance_id in instance_ids:
+                if tx.execute(
+                    "UPDATE instances SET state = ?, reason = NULL, state_changed_at = ?, "
+                    "attempts = 0 WHERE id = ? AND state = ? RETURNING id",
+                    (new.value, now, instance_id, expected.value),
+                ):
+                    moved.append(instance_id)
+        return moved
 
     def stale(self, state: InstanceState, older_than_s: float, limit: int = 1000) -> list[Instance]:
         """Current instances that have sat in ``state`` for longer than ``older_than_s``."""
@@ -282,8 +306,88 @@ class Catalog:
                 (series_instance_uid, len(verdicts), time.time()),
             )
 
+    # --- codes ---------------------------------------------------------------------------------
+
+    def codes_of_instances(
+        self, instance_ids: Sequence[int], model_version: str
+    ) -> list[tuple[int, int, bytes]]:
+        """(slice id, instance id, packed code) of the given instances' slices."""
+        if not instance_ids:
+            return []
+        marks = ", ".join("?" for _ in instance_ids)
+        with self.database.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT s.id, s.instance_id, c.code FROM slices s JOIN codes c ON c.slice_id = s.id "
+                f"WHERE c.model_version = ? AND s.instance_id IN ({marks}) ORDER BY s.id",
+                (model_version, *instance_ids),
+            )
+        return [(int(a), int(b), bytes(code)) for a, b, code in rows]
+
+    def codes_of_sop(self, sop_instance_uid: str, model_version: str) -> list[tuple[int, bytes]]:
+        """(slice id, packed code) of the current version of an instance, by frame."""
+        with self.database.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT s.id, c.code FROM instances i JOIN slices s ON s.instance_id = i.id "
+                "JOIN codes c ON c.slice_id = s.id WHERE i.sop_instance_uid = ? AND i.is_current "
+                "AND c.model_version = ? ORDER BY s.frame_index",
+                (sop_instance_uid, model_version),
+            )
+        return [(int(a), bytes(code)) for a, code in rows]
+
+    def all_codes(self, model_version: str) -> list[tuple[int, bytes]]:
+        """Every (slice id, code) of a model version, by slice id: the index's ground truth."""
+        with self.database.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT slice_id, code FROM codes WHERE model_version = ? ORDER BY slice_id",
+                (model_version,),
+            )
+        return [(int(a), bytes(code)) for a, code in rows]
+
+    def slice_details(self, slice_ids: Sequence[int]) -> dict[int, SliceDetail]:
+        """What a search result shows about each slice, keyed by slice id."""
+        if not slice_ids:
+            return {}
+        marks = ", ".join("?" for _ in slice_ids)
+        with self.database.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT s.id, s.frame_index, s.excluded, s.object_key, i.sop_instance_uid, "
+                "i.sop_class_uid, i.study_instance_uid, i.series_instance_uid, i.modality, "
+                "i.body_part, i.patient_id, i.is_current FROM slices s "
+                f"JOIN instances i ON i.id = s.instance_id WHERE s.id IN ({marks})",
+                tuple(slice_ids),
+            )
+        return {int(row[0]): SliceDetail(int(row[0]), int(row[1]), bool(row[2]), *row[3:11],
+                                          bool(row[11])) for row in rows}
+
     def close(self) -> None:
         self.database.close()
+
+
+@dataclass(frozen=True)
+class SliceCodes:
+    """Packed hash codes of an instance's slices under one model version."""
+
+    model_version: str
+    items: Sequence[tuple[int, bytes]]
+    """(slice id, packed code) pairs."""
+
+
+@dataclass(frozen=True)
+class SliceDetail:
+    """A slice with the attributes of its instance, for search results."""
+
+    slice_id: int
+    frame_index: int
+    excluded: bool
+    object_key: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    modality: str | None
+    body_part: str | None
+    patient_id: str | None
+    is_current: bool
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "hash codes per slice and model version",
+        (
+            """
+            CREATE TABLE codes (
+                slice_id BIGINT NOT NULL REFERENCES slices (id),
+                model_version TEXT NOT NULL,
+                code {bytes} NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (slice_id, model_version)
+            )
+            """,
+            "CREATE INDEX codes_version ON codes (model_version, slice_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

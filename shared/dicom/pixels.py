@@ -570,3 +570,12 @@ def _unit(values: np.ndarray) -> np.ndarray:
     """Final float32 in [0, 1]: NaN (float pixel data) becomes black, rounding error is clipped."""
     finite = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0)
     return np.asarray(np.clip(finite, 0.0, 1.0), dtype=np.float32)
+
+
+def frame_from_image(grey: np.ndarray) -> np.ndarray:
+    """A greyscale picture (PNG/JPEG pixels) normalised exactly as an unwindowed DICOM frame.
+
+    A stored 8-bit DICOM without a window goes through min-max scaling; a query that is a
+    PNG of the same pixels must land on the same values, or it would not find its twin.
+    """
+    return _unit(_min_max(np.asarray(grey, dtype=np.float64))[0])

@@ -16,6 +16,9 @@ The abstract fixes the parts; the details follow the works it builds on:
     largest connected component, to stay vectorised), crop and resize to the input size with
     ``roi_align``. The box is not differentiated through, as in AG-CNN. At 64 px input an
     EfficientNet map is 2x2, so crops are coarse there; at 224 px it is 7x7.
+  * Both branches pool by global average over their last feature map (not by a timm head
+    that may add layers after pooling, as MobileNetV3's does), which is what makes the
+    closed-form Grad-CAM above exact.
   * Separate global and local networks of the same architecture (AG-CNN); DenseNet-121 by
     default as in the paper.
   * Optional C2L pre-training (Zhou et al. 2020) of the global net on unlabelled images,
@@ -59,9 +62,9 @@ class SaliencyFusion(HashModel):
         self.local_net = TimmBackbone(backbone, image_size, pretrained)
         if len(self.global_net.final_shape) != 3:
             raise ValueError(f"Grad-CAM needs a CNN feature map; {backbone} gives {self.global_net.final_shape}")
-        self.global_classifier = nn.Linear(self.global_net.num_features, num_classes)
-        self.fc = nn.Sequential(nn.Linear(self.global_net.num_features + self.local_net.num_features, hidden),
-                                nn.ReLU(inplace=True))
+        channels = self.global_net.final_shape[0]
+        self.global_classifier = nn.Linear(channels, num_classes)
+        self.fc = nn.Sequential(nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True))
         self.hash = HashHead(hidden, bits, "tanh")
         self.classifier = nn.Linear(bits, num_classes)
 
@@ -83,7 +86,7 @@ class SaliencyFusion(HashModel):
 
     def forward_features(self, x: torch.Tensor) -> SaliencyFeatures:
         gmap = self.global_net.final_map(x)
-        g = self.global_net.pool(gmap)
+        g = gmap.mean(dim=(2, 3))
         glogits = self.global_classifier(g)
         boxes = self.saliency_boxes(gmap, glogits)
         rois = torch.cat([torch.arange(len(x), device=x.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
@@ -91,7 +94,7 @@ class SaliencyFusion(HashModel):
                           aligned=True).to(x.dtype)
         crops = crops.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
             memory_format=torch.channels_last) else crops
-        l = self.local_net.pool(self.local_net.final_map(crops))
+        l = self.local_net.final_map(crops).mean(dim=(2, 3))
         return SaliencyFeatures(g, l, glogits)
 
     def forward_head(self, features: SaliencyFeatures) -> HashOutput:
