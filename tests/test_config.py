@@ -35,4 +35,4 @@ def test_bad_ae_title_is_refused_with_a_reason(monkeypatch: pytest.MonkeyPatch) 
 
 def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert settings_markdown_table() in readme, "regenerate with `medhash settings --markdown`"
+    assert settings_markdown_table() in readme, "run scripts/update_readme_settings.py"

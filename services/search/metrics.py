@@ -17,7 +17,7 @@ SEARCH_SECONDS = Histogram(
 SEARCH_REQUESTS = Counter(
     "medhash_search_requests_total",
     "POST /v1/search requests by outcome: ok, unreadable, too_large, unsupported_type, invalid, "
-    "not_found, not_ready, unavailable, unauthorized.",
+    "not_found, not_ready, unavailable, error (a bug: see the logs).",
     ["outcome"],
 )
 INDEX_GENERATION = Gauge(

@@ -18,17 +18,23 @@ MAX_K = 100
 DEFAULT_K = 10
 
 
-class InstanceQuery(BaseModel):
-    """JSON body of ``POST /v1/search``: search with a stored instance's codes."""
+class SearchOptions(BaseModel):
+    """Options of any search; as JSON fields, multipart form fields or query parameters."""
 
     model_config = ConfigDict(extra="forbid")
 
-    sop_instance_uid: str = Field(min_length=1, max_length=256,
-                                  description="SOP Instance UID of a stored, encoded instance.")
     k: int | None = Field(default=None, ge=1, le=MAX_K,
                           description=f"Neighbours to return (default {DEFAULT_K}).")
-    include_excluded: bool = Field(
-        default=False, description="Also return slices the cleaning flagged as excluded.")
+    include_excluded: bool | None = Field(
+        default=None, description="Also return slices the cleaning flagged as excluded "
+        "(default false).")
+
+
+class InstanceQuery(SearchOptions):
+    """JSON body of ``POST /v1/search``: search with a stored instance's codes."""
+
+    sop_instance_uid: str = Field(min_length=1, max_length=256,
+                                  description="SOP Instance UID of a stored, encoded instance.")
 
 
 class QueryInfo(BaseModel):
