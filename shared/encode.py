@@ -33,6 +33,7 @@ from shared.dicom.slices import decode_slice, encode_slice
 from shared.objectstore import ObjectNotFound, ObjectStore
 from shared.preprocess import PreprocessOptions
 from shared.queue import Dispatcher, Stage
+from shared.training import resolve_device
 
 log = logging.getLogger("medhash.encode")
 
@@ -194,13 +195,6 @@ def query_slices(data: bytes, options: PreprocessOptions) -> list[np.ndarray]:
             ) from exc
         frames = [frame_from_image(grey)]
     return [_stored_round_trip(resize_keep_aspect(frame, options.image_size)) for frame in frames]
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` means the first GPU when there is one; checked only here, after any fork."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def open_encoder(settings: Settings) -> BatchEncoder:

@@ -169,8 +169,11 @@ class Catalog:
     # --- pipeline transitions ---------------------------------------------------------------
 
     def count_attempt(self, instance_id: int, delta: int = 1) -> int:
-        """Count one more (or, with ``delta=-1``, one fewer) attempt; returns the new count."""
-        with self.database.transaction() as tx:
+        """Count one more (or, with ``delta=-1``, one fewer) attempt; returns the new count.
+
+        Not flushed: it guards against a worker dying, which never loses a WAL commit.
+        """
+        with self.database.transaction(durable=False) as tx:
             rows = tx.execute(
                 "UPDATE instances SET attempts = attempts + ? WHERE id = ? RETURNING attempts",
                 (delta, instance_id),

@@ -90,3 +90,15 @@ def test_a_slice_can_carry_several_reasons() -> None:
 
 def test_uniform_series_flags_nothing() -> None:
     assert not any(v.excluded for v in clean_series([textured(0.5, 1)] * 8))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 64 * 64, 513])
+def test_quartiles_equal_numpy_percentile_bit_for_bit(size: int) -> None:
+    from shared.dicom.cleaning import _quartiles  # noqa: PLC0415 - the private fast path under test
+
+    rng = np.random.default_rng(size)
+    frame = rng.random(size).astype(np.float32)
+    frame[rng.random(size) < 0.3] = 0.0  # ties, as in padded or blank regions
+    expected = np.percentile(frame.astype(np.float64), [25.0, 50.0, 75.0])
+    assert _quartiles(frame) == tuple(float(v) for v in expected)
