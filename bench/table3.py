@@ -1,8 +1,8 @@
 """Reproduce the DAFH paper's Table 3 (methods x 16/32/48 bits) and Table 5 (ablation at
 32 bits) on public data with one CPU budget for every method, plus a robustness check.
 
-Suites (``--suites``; jobs run in the order brain 32/48 bits, ablation, robustness,
-mednist, brain 16 bits, so the headline comparison lands first; each job is skipped when its
+Suites (``--suites``; jobs run in the order brain 32/48 bits, ablation, mednist 32 bits,
+robustness, mednist 16/48 bits, brain 16 bits, so the headline comparison lands first; each job is skipped when its
 eval.json exists, so an interrupted run continues where it stopped):
   brain       Table 3 on the brain-tumour MRI set: training/ and testing/ pooled, seeded
               stratified 8:2 (80% = training set and database, 20% = queries).
@@ -58,10 +58,12 @@ class Job:
 
     @property
     def priority(self) -> int:
-        """Run order: brain 32/48 bits, ablation, robustness, mednist, brain 16 bits."""
+        """Run order: brain 32/48, ablation, mednist 32, robustness, mednist 16/48, brain 16."""
         if self.suite == "brain":
-            return 4 if self.meta["bits"] == 16 else 0
-        return {"ablation": 1, "robustness": 2, "mednist": 3}[self.suite]
+            return 5 if self.meta["bits"] == 16 else 0
+        if self.suite == "mednist":
+            return 2 if self.meta["bits"] == 32 else 4
+        return {"ablation": 1, "robustness": 3}[self.suite]
 
 
 def _cli(command: str, positional: str, args: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything medhash and its tests need on a fresh Debian 12 machine (idempotent):
-# Debian's dcmtk, Orthanc, PostgreSQL 15 and Redis when missing, then a Python 3.11 venv in
+# Debian's dcmtk, Orthanc, PostgreSQL 15, Redis and Chromium when missing, then a Python 3.11 venv in
 # .venv with medhash installed in editable mode with its test extras. No server is started
 # here: the tests start their own on free loopback ports.
 set -euo pipefail
@@ -11,6 +11,8 @@ command -v /usr/bin/storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# the search page's browser test drives Debian's chromium (never `playwright install`)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     # --- HTTP --------------------------------------------------------------------------------
     http_host: str = Field(default="0.0.0.0", description="Address the HTTP services bind.")
     http_port: int = Field(default=8080, description="Port of the search service.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, every /v1 route of the search service "
+        "requires one in the `X-API-Key` header.",
+    )
+    expose_patient_data: bool = Field(
+        default=False, description="Search results and instance details include PatientID."
+    )
+    search_max_upload_bytes: int = Field(
+        default=64_000_000, description="Largest search upload (bytes); larger requests get 413."
+    )
     metrics_port: int = Field(
         default=9108,
         description="Port of the Prometheus `/metrics` endpoint of the listener and workers "
@@ -175,7 +186,7 @@ class Settings(BaseSettings):
         default=False, description="Log one JSON object per line instead of plain text."
     )
 
-    @field_validator("allowed_calling_aes", mode="before")
+    @field_validator("allowed_calling_aes", "api_keys", mode="before")
     @classmethod
     def _split_ae_titles(cls, value: object) -> object:
         if isinstance(value, str):

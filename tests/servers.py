@@ -57,6 +57,7 @@ _INSTALL_HINTS: dict[str, str] = {
     "Orthanc": "apt-get install dcmtk orthanc",
     "storescu": "apt-get install dcmtk orthanc",
     "echoscu": "apt-get install dcmtk orthanc",
+    "chromium": "apt-get install chromium",
 }
 
 # Lines of a failed server's log that go into the exception (the log file keeps it all).

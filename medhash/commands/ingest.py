@@ -100,9 +100,21 @@ def _run(port: int | None, *, in_process_pipeline: bool) -> None:
     if in_process_pipeline:
         if isinstance(runtime.dispatcher, InProcessDispatcher):
             from services.pipeline import EmbeddedPipeline
+            from services.search import create_app
+            from services.search.background import BackgroundServer
 
             console.print(f"embedded default: data in {settings.data_dir}")
-            stop_pipeline.append(EmbeddedPipeline.start(runtime).stop)
+            pipeline = EmbeddedPipeline.start(runtime)
+            stop_pipeline.append(pipeline.stop)
+            http = BackgroundServer(
+                create_app(runtime, encoder=pipeline.encoder, api_keys=settings.api_keys,
+                           expose_patient_data=settings.expose_patient_data,
+                           max_upload_bytes=settings.search_max_upload_bytes),
+                settings.http_host, settings.http_port,
+            )
+            http_port = http.start()
+            stop_pipeline.insert(0, http.stop)
+            console.print(f"search page: http://{settings.http_host}:{http_port}/")
         else:
             console.print("distributed: queues on MEDHASH_BROKER_URL for `medhash worker` processes")
             reconciler = Reconciler(runtime.catalog, runtime.dispatcher, settings)

@@ -46,6 +46,29 @@ def indexer() -> None:
     worker(queues="index", concurrency=4, pool="threads")
 
 
+def search(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default MEDHASH_HTTP_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default MEDHASH_HTTP_PORT).")] = None,
+) -> None:
+    """Run the search service: HTTP API, /metrics and the search page."""
+    import uvicorn
+
+    from services.search import create_app
+    from shared.runtime import Runtime
+
+    settings = get_settings()
+    setup_logging(settings)
+    runtime = Runtime.from_settings(settings)
+    try:
+        app = create_app(runtime, api_keys=settings.api_keys,
+                         expose_patient_data=settings.expose_patient_data,
+                         max_upload_bytes=settings.search_max_upload_bytes)
+        uvicorn.run(app, host=host or settings.http_host, port=port or settings.http_port,
+                    log_config=None)
+    finally:
+        runtime.close()
+
+
 def reconciler() -> None:
     """Re-enqueue instances stuck in a state and clean stable series, until SIGINT/SIGTERM."""
     from medhash.commands.ingest import wait_for_signal
@@ -66,5 +89,5 @@ def reconciler() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    for command in (worker, indexer, reconciler):
+    for command in (worker, indexer, search, reconciler):
         app.command()(command)

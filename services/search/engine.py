@@ -13,8 +13,9 @@ fact needs over-fetching: :meth:`SearchEngine._nearest` asks the index for more 
 and asks again for more while the exactly-ranked prefix holds too few eligible slices.
 
 The index is a :class:`shared.index.LiveSearcher` that a background thread refreshes every
-``refresh_interval_s``: a new generation is swapped in atomically, so queries in flight
-finish on the old one and none fails.
+``refresh_interval_s``: a new generation is swapped in atomically, and each query takes the
+current generation once and runs (over-fetching included) on it, so queries in flight finish
+on the old one and none fails or mixes two.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from services.search.metrics import INDEX_GENERATION, INDEX_REFRESH_FAILURES, INDEX_SIZE
 from shared.catalog import Instance, SliceDetail
 from shared.dicom.slices import decode_slice, thumbnail_png
 from shared.encode import BatchEncoder, query_slices
-from shared.index import LiveSearcher
+from shared.index import LiveSearcher, Searcher
 from shared.preprocess import PreprocessOptions
 from shared.runtime import Runtime
-from services.search.metrics import INDEX_GENERATION, INDEX_REFRESH_FAILURES, INDEX_SIZE
 
 log = logging.getLogger("medhash.search")
 
@@ -61,8 +63,7 @@ class Hit:
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    source: str
-    """``upload`` or ``instance``."""
+    source: Literal["upload", "instance"]
     sop_instance_uid: str | None
     slices: int
     frames: list[int]
@@ -119,28 +120,28 @@ class SearchEngine:
     # --- the index and its background refresh -------------------------------------------------
 
     def refresh(self) -> bool:
-        """Load a newer generation if one was published; True when it swapped."""
+        """Load the newest published generation if it is newer; True when it swapped."""
         if self.encoder is None:
             return False
+        before = self.index_status()[0]
         with self._live_lock:
             if self._live is None:
                 self._live = LiveSearcher(self.runtime.store, self.encoder.model_version)
-            live = self._live
-        swapped = live.refresh()
-        if swapped:
-            generation, size = self.index_status()
-            INDEX_GENERATION.set(-1 if generation is None else generation)
-            INDEX_SIZE.set(size)
-            log.info("index generation %s loaded (%d codes)", generation, size,
-                     extra={"stage": "search"})
-        return swapped
+            else:
+                self._live.refresh()
+        generation, size = self.index_status()
+        if generation == before:
+            return False
+        INDEX_GENERATION.set(-1 if generation is None else generation)
+        INDEX_SIZE.set(size)
+        log.info("index generation %s loaded (%d codes)", generation, size,
+                 extra={"stage": "search"})
+        return True
 
     def index_status(self) -> tuple[int | None, int]:
         """(loaded generation or None, codes in it)."""
-        live = self._live
-        if live is None or live.generation is None:
-            return None, 0
-        return live.generation, live.size
+        searcher = self._live.current if self._live is not None else None
+        return (None, 0) if searcher is None else (searcher.generation, len(searcher))
 
     def start(self) -> None:
         """Load what is published now, then keep refreshing in a background thread."""
@@ -170,18 +171,19 @@ class SearchEngine:
 
     # --- queries ------------------------------------------------------------------------------
 
-    def _ready(self) -> tuple[BatchEncoder, LiveSearcher]:
+    def _ready(self) -> tuple[BatchEncoder, Searcher]:
+        """The encoder and the generation this query runs on from start to end."""
         if self.encoder is None:
             raise SearchUnavailable(
                 "no model is configured: set MEDHASH_MODEL to a checkpoint (`medhash train ... "
                 "--out model.pt`) and restart the search service")
-        live = self._live
-        if live is None or live.generation is None:
+        searcher = self._live.current if self._live is not None else None
+        if searcher is None:
             raise SearchUnavailable(
                 f"no index has been published yet for model {self.encoder.model_version[:12]}: "
                 "send images and run the indexer (`medhash serve` or `medhash indexer`), then "
                 "retry in a few seconds")
-        return self.encoder, live
+        return self.encoder, searcher
 
     def search_upload(self, data: bytes, k: int, include_excluded: bool = False) -> SearchOutcome:
         """Search with an uploaded DICOM file or picture.
@@ -189,18 +191,18 @@ class SearchEngine:
         Raises :class:`shared.encode.UnreadableQuery` or a
         :class:`shared.dicom.pixels.PixelPipelineError` for files that yield no slice.
         """
-        encoder, live = self._ready()
+        encoder, searcher = self._ready()
         slices = query_slices(data, self.options)
         frames = spread(len(slices), self.max_query_frames)
         codes = encoder.encode([slices[i] for i in frames])
-        generation, hits = self._nearest(live, codes, k, include_excluded)
+        generation, hits = self._nearest(searcher, codes, k, include_excluded)
         return SearchOutcome("upload", None, len(slices), frames, slices[frames[0]],
                              encoder.model_version, generation, hits)
 
     def search_instance(self, sop_instance_uid: str, k: int,
                         include_excluded: bool = False) -> SearchOutcome:
         """Search with the stored codes of an instance's current version (nothing re-encoded)."""
-        encoder, live = self._ready()
+        encoder, searcher = self._ready()
         rows = self.runtime.catalog.codes_of_sop(sop_instance_uid, encoder.model_version)
         if not rows:
             instance = self.current(sop_instance_uid)
@@ -213,11 +215,11 @@ class SearchEngine:
         codes = np.stack([np.frombuffer(rows[i][1], dtype=np.uint8) for i in frames])
         details = self.runtime.catalog.slice_details([rows[i][0] for i in frames])
         frame_numbers = [details[rows[i][0]].frame_index for i in frames]
-        generation, hits = self._nearest(live, codes, k, include_excluded)
+        generation, hits = self._nearest(searcher, codes, k, include_excluded)
         return SearchOutcome("instance", sop_instance_uid, len(rows), frame_numbers, None,
                              encoder.model_version, generation, hits)
 
-    def _nearest(self, live: LiveSearcher, codes: np.ndarray, k: int,
+    def _nearest(self, searcher: Searcher, codes: np.ndarray, k: int,
                  include_excluded: bool) -> tuple[int, list[Hit]]:
         """The ``k`` nearest eligible slices, exactly: over-fetch until enough survive.
 
@@ -226,8 +228,7 @@ class SearchEngine:
         """
         fetch = max(2 * k, 32)
         while True:
-            generation = live.generation
-            per_query = live.search(codes, fetch)
+            per_query = searcher.search(codes, fetch)
             exhausted = all(len(hits) < fetch for hits in per_query)
             merged = merge_hits(per_query)
             if not exhausted:
@@ -240,7 +241,7 @@ class SearchEngine:
                 and detail.is_current and (include_excluded or not detail.excluded)
             ]
             if len(hits) >= k or exhausted or fetch >= MAX_FETCH:
-                return int(generation), hits[:k]
+                return searcher.generation, hits[:k]
             fetch = min(fetch * 4, MAX_FETCH)
 
     # --- stored instances ---------------------------------------------------------------------

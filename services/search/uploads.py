@@ -9,12 +9,13 @@ limit is refused before a byte of the body is read.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from fastapi import HTTPException, Request, UploadFile
+from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from services.search.schemas import InstanceQuery, SearchOptions
@@ -50,7 +51,7 @@ def _too_large(limit: int) -> HTTPException:
                               "upload a single image or one DICOM instance, not a series")
 
 
-async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     """The body's chunks, failing with 413 as soon as they add up to more than ``limit``."""
     total = 0
     async for chunk in request.stream():

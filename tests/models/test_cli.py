@@ -19,7 +19,7 @@ def test_train_resume_and_evaluate_end_to_end(tmp_path: Path) -> None:
     model = tmp_path / "model.pt"
     runner = CliRunner()
     common = ["--method", "dafh", "--bits", "16", "--image-size", "32", "--backbone", "efficientnet_b0",
-              "--batch-size", "12", "--out", str(model), "--device", "cpu", "--threads", "2"]
+              "--batch-size", "12", "--out", str(model), "--device", "cpu", "--threads", "1"]
     r = runner.invoke(app, ["train", str(data), "--epochs", "1", "--log-dir", str(tmp_path / "log"), *common])
     assert r.exit_code == 0, r.output
     assert torch.load(model, weights_only=True)["training_state"]["epoch"] == 1

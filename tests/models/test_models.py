@@ -92,9 +92,13 @@ def test_c2l_pretraining_runs_and_copies_into_local_net() -> None:
 
 
 @pytest.mark.parametrize("method", ["dafh", "saliency_fusion", "hashnet", "dsh", "dpsh", "dpn"])
-def test_every_method_overfits_a_tiny_set(method: str, tmp_path: Path) -> None:
+def test_every_method_overfits_a_tiny_set(method: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     # The smallest timm CNN keeps this fast; the method (head + loss) is what is under test.
-    # One batch holds the whole set, so 30 epochs are 30 optimiser steps.
+    # One batch holds the whole set, so 30 epochs are 30 optimiser steps. One thread: tiny
+    # ops gain nothing from two, and spinning OpenMP threads crawl on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     data = synthetic_set(num_classes=4, per_class=8, size=32)
     config = TrainConfig(method=method, bits=16, epochs=30, image_size=32, backbone="mobilenetv3_small_050",
                          batch_size=32, lr=3e-3, augment=False, seed=0)

@@ -1,0 +1,314 @@
+"""Readers of the index: an immutable generation (:class:`Searcher`) and the hot-swapping
+holder the search service keeps (:class:`LiveSearcher`)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from shared.index.format import (
+    Manifest,
+    check_codes,
+    check_ids,
+    check_model_version,
+    decode_delta,
+    decode_shard,
+    latest_generation,
+    read_manifest,
+)
+from shared.objectstore import ObjectNotFound, ObjectStore
+
+Results = list[list[tuple[int, int]]]
+_OPEN_ATTEMPTS = 3
+
+_WORKERS = os.cpu_count() or 1
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _search_pool() -> ThreadPoolExecutor:
+    """The helper threads of every search, one per core, shared by all searchers."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="medhash-index")
+        return _pool
+
+
+@contextmanager
+def _one_openmp_thread() -> Iterator[None]:
+    """Run faiss single-threaded in this thread, then restore its setting (OpenMP keeps the
+    thread count per thread, so no other thread is affected).
+
+    Our threads already provide the parallelism. faiss's flat scan opens an OpenMP region per
+    64k-code block even for one query, so extra OpenMP threads only add barriers, and on a
+    loaded box a barrier waits for a parked thread: one 1M-code query measured 2 ms with one
+    OpenMP thread and 13-200 ms with two.
+    """
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One segment's codes in an exact flat index, in ascending id order. Immutable, so
+    consecutive generations share the segments they have in common."""
+
+    key: str
+    ids: np.ndarray
+    codes: np.ndarray
+    flat: faiss.IndexBinaryFlat
+    owner: Any  # what keeps ``flat`` and ``codes`` alive
+    removed: np.ndarray  # a delta's tombstones (empty for base shards)
+
+    @classmethod
+    def load(cls, store: ObjectStore, key: str, bits: int, is_delta: bool) -> _Segment:
+        data = store.get(key)
+        if not is_delta:
+            shard = decode_shard(data, bits, key)
+            return cls(key, shard.ids, shard.codes, shard.flat, shard.owner,
+                       np.empty(0, dtype=np.int64))
+        ids, codes, removed = decode_delta(data, bits, key)
+        flat = faiss.IndexBinaryFlat(bits)
+        if len(ids):
+            flat.add(codes)
+        return cls(key, ids, codes, flat, flat, removed)
+
+    def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, found) of ``ids``: binary search, since segments are sorted by id."""
+        if not len(self.ids):
+            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+        positions = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return positions, self.ids[positions] == ids
+
+
+@dataclass(frozen=True)
+class _View:
+    """A segment as one generation sees it: which of its ids newer segments hide."""
+
+    segment: _Segment
+    dead: np.ndarray | None  # bool per position, None when nothing is hidden
+    live: int
+    params: faiss.SearchParameters | None
+    selector_memory: tuple[Any, ...]  # bitmap and selector that ``params`` points into
+
+    @classmethod
+    def of(cls, segment: _Segment, hidden: np.ndarray) -> _View:
+        positions, found = segment.find(hidden)
+        if not found.any():
+            return cls(segment, None, len(segment.ids), None, ())
+        dead = np.zeros(len(segment.ids), dtype=bool)
+        dead[positions[found]] = True
+        # Hidden codes are skipped inside the scan, so the top k stays exact without
+        # over-fetching; the selector makes that shard's scan ~2x slower until compaction.
+        bitmap = np.packbits(~dead, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(dead), faiss.swig_ptr(bitmap))
+        params = faiss.SearchParameters()
+        params.sel = selector
+        return cls(segment, dead, int((~dead).sum()), params, (bitmap, selector))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids) of the exact top ``min(k, live)`` by (distance, id). Asking for at
+        most ``live`` results means faiss never pads with -1."""
+        distances, positions = self.segment.flat.search(queries, min(k, self.live),
+                                                        params=self.params)
+        return distances, self.segment.ids[positions]
+
+
+class Searcher:
+    """An immutable view of one manifest generation, fully loaded in memory.
+
+    Loading everything at open is what lets a reader outlive its generation's objects in the
+    store (the writer deletes them two generations later).
+    """
+
+    def __init__(self, manifest: Manifest, shards: list[_Segment], deltas: list[_Segment]) -> None:
+        self.manifest = manifest
+        self.model_version: str = manifest.model_version
+        self.bits: int = manifest.bits
+        self.generation: int = manifest.generation
+        # A delta hides, in every older segment, the ids it adds or removes. Base shards are
+        # older than every delta and disjoint from each other.
+        views: list[_View] = []
+        hidden = np.empty(0, dtype=np.int64)
+        for delta in reversed(deltas):
+            views.append(_View.of(delta, hidden))
+            hidden = np.union1d(hidden, np.concatenate([delta.ids, delta.removed]))
+        views += [_View.of(shard, hidden) for shard in shards]
+        # largest first, so the small deltas fill the gaps at the end of a parallel scan
+        self._views = sorted((view for view in views if view.live), key=lambda v: -v.live)
+        self._size = sum(view.live for view in self._views)
+
+    @classmethod
+    def open(
+        cls,
+        store: ObjectStore,
+        model_version: str,
+        generation: int | None = None,
+        *,
+        previous: Searcher | None = None,
+    ) -> Searcher | None:
+        """Load a generation (None: the newest); None if the model version has no index yet.
+
+        Segments already loaded by ``previous`` are reused, so a new generation that only
+        added a delta costs the delta's download, not the base shards'. Raises
+        :class:`ObjectNotFound` if the generation was garbage-collected meanwhile.
+        """
+        check_model_version(model_version)
+        if generation is None:
+            generation = latest_generation(store, model_version)
+            if generation is None:
+                return None
+        manifest = read_manifest(store, model_version, generation)
+        reusable = {} if previous is None or previous.bits != manifest.bits else {
+            view.segment.key: view.segment for view in previous._views
+        }
+        shards, deltas = (
+            [reusable.get(entry.key) or _Segment.load(store, entry.key, manifest.bits, is_delta)
+             for entry in entries]
+            for entries, is_delta in ((manifest.shards, False), (manifest.deltas, True))
+        )
+        return cls(manifest, shards, deltas)
+
+    def __len__(self) -> int:
+        """Live codes in this generation."""
+        return self._size
+
+    def __repr__(self) -> str:
+        return (f"Searcher({self.model_version!r}, generation={self.generation}, "
+                f"codes={self._size}, segments={len(self._views)})")
+
+    def search(self, queries: np.ndarray, k: int) -> Results:
+        """Exact top ``k`` per query: ``[(id, hamming distance)]`` by ascending distance, ties
+        by ascending id. Segments are scanned in parallel and their top ``k`` merged."""
+        queries = check_codes(queries, self.bits, "queries")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, not {k!r}")
+        if not self._views or not len(queries):
+            return [[] for _ in range(len(queries))]
+        k = int(k)
+        views = self._views
+        parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        claims = itertools.count()  # C-level next(): atomic under the GIL, so each view once
+
+        def scan() -> None:
+            while (slot := next(claims)) < len(views):
+                parts[slot] = views[slot].search(queries, k)
+
+        # This thread scans too, and never waits for a helper: helpers that have not started
+        # when it runs out of views are cancelled, and a view a helper is still scanning is
+        # scanned again here. A helper the scheduler parked mid-view (on a busy machine, for
+        # milliseconds) thus costs at most one view's scan, and concurrent queries degrade
+        # to one thread each instead of queueing for the pool.
+        pool = _search_pool()
+        helpers = [pool.submit(_one_openmp_thread()(scan))
+                   for _ in range(min(_WORKERS, len(views)) - 1)]
+        with _one_openmp_thread():
+            scan()
+            for helper in helpers:
+                helper.cancel()
+            for slot in range(len(views)):
+                if slot not in parts:
+                    parts[slot] = views[slot].search(queries, k)
+        done = [parts[slot] for slot in range(len(views))]
+        distances = np.concatenate([part[0] for part in done], axis=1)
+        ids = np.concatenate([part[1] for part in done], axis=1)
+        order = np.lexsort((ids, distances), axis=1)[:, :k]
+        best_ids = np.take_along_axis(ids, order, axis=1).tolist()
+        best_distances = np.take_along_axis(distances, order, axis=1).tolist()
+        return [list(zip(row_ids, row_distances))
+                for row_ids, row_distances in zip(best_ids, best_distances)]
+
+    def codes_of(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """The stored codes of ``ids``, ``(n, bits // 8)`` uint8; KeyError names missing ids."""
+        wanted = check_ids(np.fromiter(ids, dtype=np.int64) if not isinstance(ids, np.ndarray)
+                           else ids)
+        out = np.zeros((len(wanted), self.bits // 8), dtype=np.uint8)
+        found = np.zeros(len(wanted), dtype=bool)
+        for view in self._views:
+            positions, hit = view.segment.find(wanted)
+            if view.dead is not None:
+                hit &= ~view.dead[positions]
+            out[hit] = view.segment.codes[positions[hit]]
+            found |= hit
+        if not found.all():
+            raise KeyError(f"not in generation {self.generation}: {wanted[~found][:20].tolist()}")
+        return out
+
+
+class LiveSearcher:
+    """What the search service holds: swaps to a newer generation without failing a query.
+
+    A query reads the current :class:`Searcher` reference once and finishes on it, so a swap
+    (one reference assignment) never disturbs it; the old generation is freed when its last
+    query returns.
+    """
+
+    def __init__(self, store: ObjectStore, model_version: str) -> None:
+        """Loads the newest generation, if there is one."""
+        self.store = store
+        self.model_version = check_model_version(model_version)
+        self._current: Searcher | None = None
+        self._refresh_lock = threading.Lock()
+        self.refresh()
+
+    @property
+    def current(self) -> Searcher | None:
+        """The generation queries run on now; hold it to run several queries on one."""
+        return self._current
+
+    @property
+    def generation(self) -> int | None:
+        current = self._current
+        return None if current is None else current.generation
+
+    @property
+    def size(self) -> int:
+        """Live codes in the current generation (0 before the first)."""
+        current = self._current
+        return 0 if current is None else len(current)
+
+    def refresh(self) -> bool:
+        """Load the newest generation if it is newer than the current one and swap to it;
+        True if it swapped.
+
+        If the writer garbage-collects the generation while it loads, the newest is tried
+        again: that can only happen because an even newer one was published.
+        """
+        with self._refresh_lock:
+            failures = 0
+            while True:
+                current = self._current
+                newest = latest_generation(self.store, self.model_version)
+                if newest is None or (current is not None and newest <= current.generation):
+                    return False
+                try:
+                    searcher = Searcher.open(self.store, self.model_version, newest,
+                                             previous=current)
+                except ObjectNotFound:
+                    failures += 1
+                    if failures == _OPEN_ATTEMPTS:
+                        raise
+                    continue
+                self._current = searcher
+                return True
+
+    def search(self, queries: np.ndarray, k: int) -> Results:
+        """:meth:`Searcher.search` on the current generation; empty results before the first."""
+        current = self._current
+        if current is None:
+            return [[] for _ in range(len(np.atleast_2d(queries)))]
+        return current.search(queries, k)
