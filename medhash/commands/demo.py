@@ -1,87 +1,185 @@
-"""``medhash demo``: the story so far, end to end, on the embedded default in one process.
+"""``medhash demo``: the whole story, end to end, on the embedded default in one process.
 
-It makes a small synthetic CT study with pydicom, starts the listener, sends the study over
-DICOM C-STORE exactly like a PACS would, and shows what the catalog and object store hold.
-Preprocessing, encoding, indexing and search join the story as they land (issues 3-5).
+1. A small labelled set: a class-balanced MedNIST subset when `mednist-64.tar.gz` is
+   found (``--mednist`` or ``../shared/data`` beside the checkout), a synthetic one otherwise.
+2. A short DAFH training on the 80% that becomes the database.
+3. medhash starts (listener, pipeline threads, search service) and the database images are
+   sent as DICOM Secondary Captures over C-STORE, like a PACS would.
+4. Wait until every instance is indexed, then query with the held-out 20% as PNGs through
+   the HTTP API; print the top results, mAP@1 and mAP@10, and the search page's URL.
 """
 
 from __future__ import annotations
 
+import io
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import httpx
+import numpy as np
 import typer
+from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
-from shared.config import get_settings
-from shared.dicom.sender import Sender
-from shared.dicom.synthetic import StudyIds, write_ct_series
+from medhash.commands.demo_data import (
+    LabelledImage,
+    default_mednist_archive,
+    mednist_subset,
+    split,
+    synthetic_set,
+    write_class_folders,
+    write_dicom,
+)
+from shared.config import Settings, get_settings
 from shared.logs import setup_logging
+
+if TYPE_CHECKING:
+    from shared.runtime import Runtime
 
 console = Console()
 
 
 def demo(
-    instances: Annotated[int, typer.Option(help="CT slices in the synthetic study.")] = 24,
-    serve: Annotated[bool, typer.Option("--serve", help="Keep the listener up afterwards.")] = False,
+    serve: Annotated[bool, typer.Option("--serve", help="Keep medhash and its page up afterwards.")] = False,
+    mednist: Annotated[
+        Path | None, typer.Option(help="mednist-64.tar.gz (default: ../shared/data beside the checkout).")
+    ] = None,
+    per_class: Annotated[int, typer.Option(help="Images per class in the demo set.")] = 40,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 4,
+    bits: Annotated[int, typer.Option(help="Hash code length.")] = 32,
     data_dir: Annotated[
         Path | None, typer.Option(help="Where to keep the demo's data (default: a temp folder).")
     ] = None,
 ) -> None:
-    """Run the whole story on the embedded default and exit 0 when it held together."""
-    from services.listener import Listener
-    from shared.runtime import Runtime
-    from shared.ingest import Ingestor
-
+    """Run the whole story on the embedded default; exits 0 when every step held."""
     work = Path(data_dir or tempfile.mkdtemp(prefix="medhash-demo-"))
-    settings = get_settings().model_copy(
-        update={
-            "data_dir": work / "data",
-            "database_url": None,
-            "broker_url": None,
-            "s3_endpoint": None,
-            "dicom_host": "127.0.0.1",
-            "dicom_port": 0 if not serve else get_settings().dicom_port,
-            "log_level": "WARNING",
-        }
-    )
-    setup_logging(settings)
     console.rule("[bold]medhash demo")
-    console.print(f"embedded default in [cyan]{work}[/cyan] (SQLite catalog, folder object store)")
+    console.print(f"working in [cyan]{work}[/cyan] (embedded default: SQLite, a folder, threads)")
 
-    files = write_ct_series(work / "study", instances, rows=256, columns=256, ids=StudyIds.new("DEMO0001"))
-    console.print(f"1. made a synthetic CT study: {len(files)} slices, 256x256, with pydicom")
+    archive = mednist or default_mednist_archive()
+    if archive is not None:
+        images = mednist_subset(archive, per_class)
+        console.print(f"1. MedNIST subset from {archive}: {len(images)} images, {per_class} per class")
+    else:
+        images = synthetic_set(per_class)
+        console.print(f"1. no MedNIST archive found: synthetic set of {len(images)} images (4 shapes)")
+    database, queries = split(images)
+
+    model = work / "model.pt"
+    console.print(f"2. training DAFH (EfficientNet-B0, 64 px, {bits} bits, {epochs} epochs) on the "
+                  f"{len(database)} database images")
+    from medhash.commands.models import train
+
+    train(write_class_folders(database, work / "train"), out=model, method="dafh", bits=bits,
+          backbone="efficientnet_b0",
+          epochs=epochs, image_size=64, batch_size=32, lr=1e-3, device="auto", augment=False)
+
+    settings = get_settings().model_copy(update={
+        "data_dir": work / "data", "database_url": None, "broker_url": None, "s3_endpoint": None,
+        "dicom_host": "127.0.0.1", "dicom_port": get_settings().dicom_port if serve else 0,
+        "http_host": "127.0.0.1", "http_port": get_settings().http_port if serve else 0,
+        "metrics_port": 0, "model": model, "image_size": 64, "log_level": "WARNING",
+        "index_flush_s": 0.5,
+    })
+    setup_logging(settings)
+    ok = _run_story(settings, work, database, queries, serve)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _run_story(settings: Settings, work: Path, database: list[LabelledImage],
+               queries: list[LabelledImage], serve: bool) -> bool:
+    from medhash.commands.ingest import wait_for_signal
+    from services.listener import Listener
+    from services.pipeline import EmbeddedPipeline
+    from services.search import create_app
+    from services.search.background import BackgroundServer
+    from shared.dicom.sender import Sender, collect_files
+    from shared.ingest import Ingestor
+    from shared.runtime import Runtime
 
     runtime = Runtime.from_settings(settings)
+    pipeline = EmbeddedPipeline.start(runtime)
     listener = Listener(settings, Ingestor(runtime.store, runtime.catalog, runtime.dispatcher))
     address = listener.start()
-    console.print(f"2. listener up: AE {settings.ae_title} on {address.host}:{address.port}")
-
+    http = BackgroundServer(create_app(runtime, encoder=pipeline.encoder), settings.http_host, settings.http_port)
+    url = f"http://{settings.http_host}:{http.start()}"
+    console.print(f"3. medhash up: DICOM {settings.ae_title}@{address.host}:{address.port}, search {url}/")
     try:
+        labels = write_dicom(database, work / "dicom")
+        files = collect_files(work / "dicom")
         with Progress(console=console) as progress:
-            task = progress.add_task("3. C-STORE", total=len(files))
+            sending = progress.add_task("   C-STORE", total=len(files))
             results = Sender(address.host, address.port, settings.ae_title, "DEMO_PACS").send(
-                files, on_result=lambda _r: progress.advance(task)
-            )
+                files, on_result=lambda _r: progress.advance(sending))
+            indexing = progress.add_task("   indexed", total=len(files))
+            indexed = _wait_indexed(runtime, len(files), lambda n: progress.update(indexing, completed=n))
         stored = sum(r.stored for r in results)
-        counts = runtime.catalog.counts_by_state()
-        objects = len(list(runtime.store.list("raw/")))
-        console.print(f"   {stored}/{len(files)} acknowledged Success by the listener")
-        console.print(f"4. catalog: {counts}; object store: {objects} raw objects")
-        ok = stored == len(files) == counts["received"] == objects
-        console.print(
-            "[green]demo ok[/green]: every acknowledged instance is durable and catalogued"
-            if ok
-            else "[red]demo failed[/red]: counts disagree"
-        )
+        console.print(f"   {stored}/{len(files)} stored, {indexed}/{len(files)} indexed; "
+                      f"states {runtime.catalog.counts_by_state()}")
+        ok = stored == indexed == len(files)
+        ok = _query(url, labels, queries) and ok
+        console.print(f"search page: [link={url}/]{url}/[/link]")
+        console.print("[green]demo ok[/green]" if ok else "[red]demo failed[/red]")
         if serve and ok:
-            console.print(f"listening on {address.host}:{address.port}; Ctrl-C to stop")
-            from medhash.commands.ingest import wait_for_signal
-
+            console.print("serving until Ctrl-C")
             wait_for_signal()
+        return ok
     finally:
+        http.stop()
         listener.stop()
+        pipeline.stop()
         runtime.close()
-    raise typer.Exit(0 if ok else 1)
+
+
+def _wait_indexed(runtime: Runtime, expected: int, report: Callable[[int], object],
+                  timeout_s: float = 300.0) -> int:
+    """Poll the catalog until every instance reached a final state (or time runs out)."""
+    deadline = time.monotonic() + timeout_s
+    indexed = 0
+    while time.monotonic() < deadline:
+        counts = runtime.catalog.counts_by_state()
+        indexed = counts["indexed"]
+        report(indexed)
+        if indexed + counts["failed"] + counts["skipped"] >= expected:
+            break
+        time.sleep(0.3)
+    return indexed
+
+
+def _query(url: str, labels: dict[str, str], queries: list[LabelledImage], k: int = 10) -> bool:
+    """Query with every held-out image as a PNG; print a few rankings and mAP@1/@10."""
+    relevance = []
+    table = Table(title=f"4. {len(queries)} held-out images queried as PNG (top 5 shown for 6)")
+    table.add_column("query class")
+    table.add_column("top-5 classes (Hamming distance)")
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for number, query in enumerate(queries):
+            response = client.post("/v1/search", files={"file": ("query.png", _png(query.pixels), "image/png")},
+                                   data={"k": str(k)})
+            if response.status_code != 200:
+                console.print(f"[red]query failed[/red]: {response.status_code} {response.text[:300]}")
+                return False
+            results = response.json()["results"]
+            row = [labels.get(r["sop_instance_uid"]) == query.label for r in results[:k]]
+            relevance.append(row + [False] * (k - len(row)))
+            if number % max(len(queries) // 6, 1) == 0 and table.row_count < 6:
+                table.add_row(query.label, ", ".join(
+                    f"{labels.get(r['sop_instance_uid'], '?')} ({r['distance']})" for r in results[:5]))
+    from shared.evaluation import average_precision
+
+    rel = np.array(relevance, dtype=bool)
+    console.print(table)
+    console.print(f"   mAP@1 = {average_precision(rel, 1).mean():.3f}   "
+                  f"mAP@10 = {average_precision(rel, 10).mean():.3f}   over {len(queries)} queries")
+    return True
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

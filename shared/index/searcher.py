@@ -208,14 +208,17 @@ class Searcher:
             while (slot := next(claims)) < len(views):
                 parts[slot] = views[slot].search(queries, k)
 
+        def helper() -> None:
+            with _one_openmp_thread():
+                scan()
+
         # This thread scans too, and never waits for a helper: helpers that have not started
         # when it runs out of views are cancelled, and a view a helper is still scanning is
         # scanned again here. A helper the scheduler parked mid-view (on a busy machine, for
         # milliseconds) thus costs at most one view's scan, and concurrent queries degrade
         # to one thread each instead of queueing for the pool.
         pool = _search_pool()
-        helpers = [pool.submit(_one_openmp_thread()(scan))
-                   for _ in range(min(_WORKERS, len(views)) - 1)]
+        helpers = [pool.submit(helper) for _ in range(min(_WORKERS, len(views)) - 1)]
         with _one_openmp_thread():
             scan()
             for helper in helpers:

@@ -126,9 +126,10 @@ class IndexWriter:
                 return None
             ids, codes, _ = _net_effect(self._load_segments(current) + self._changes, self.bits)
             generation = self._next_generation()
+            owners = ids % self.shards
             entries = []
             for shard in range(self.shards):
-                mine = ids % self.shards == shard
+                mine = owners == shard
                 entry = ShardEntry(shard_key(self.model_version, generation, shard), int(mine.sum()))
                 self.store.put(entry.key, encode_shard(ids[mine], codes[mine], self.bits))
                 entries.append(entry)
@@ -147,7 +148,7 @@ class IndexWriter:
         changes: list[_Change] = []
         for shard in manifest.shards:
             contents = decode_shard(self.store.get(shard.key), self.bits, shard.key)
-            changes.append((contents.ids, contents.codes.copy()))
+            changes.append((contents.ids, contents.codes.copy()))  # the view dies with contents
         for delta in manifest.deltas:
             ids, codes, removed = decode_delta(self.store.get(delta.key), self.bits, delta.key)
             changes += [(ids, codes), (removed, None)]
