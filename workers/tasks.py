@@ -13,8 +13,10 @@ tasks feed one shared batch; the ``index`` worker is a single process (one index
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery.signals import worker_shutdown
 
@@ -31,6 +33,28 @@ if TYPE_CHECKING:  # torch and faiss load only in the processes that encode or i
     from shared.encode import EncodeStage
 
 TRANSIENT = (ObjectStoreUnavailable, CatalogUnavailable)
+T = TypeVar("T")
+
+
+def once_per_process(build: Callable[[], T]) -> Callable[[], T]:
+    """Build on first use, exactly once even when the pool's threads race to it.
+
+    An encode or index worker runs tasks on threads: two threads creating the model (or the
+    index writer) at once would load it twice, or give the index two writers.
+    """
+    lock = threading.Lock()
+    built: list[T] = []
+
+    @wraps(build)
+    def get() -> T:
+        if not built:
+            with lock:
+                if not built:
+                    built.append(build())
+        return built[0]
+
+    get.is_built = lambda: bool(built)  # type: ignore[attr-defined]
+    return get
 RETRY = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": 2,
@@ -40,19 +64,19 @@ RETRY = {
 }
 
 
-@lru_cache(maxsize=1)
+@once_per_process
 def _runtime() -> Runtime:
     return Runtime.from_settings(get_settings())
 
 
-@lru_cache(maxsize=1)
+@once_per_process
 def _preprocessor() -> Preprocessor:
     runtime = _runtime()
     return Preprocessor(runtime.store, runtime.catalog, runtime.dispatcher,
                         PreprocessOptions.from_settings(runtime.settings))
 
 
-@lru_cache(maxsize=1)
+@once_per_process
 def _encode_stage() -> EncodeStage:
     from shared.encode import EncodeStage, open_encoder
 
@@ -60,7 +84,7 @@ def _encode_stage() -> EncodeStage:
     return EncodeStage(runtime.store, runtime.catalog, runtime.dispatcher, open_encoder(runtime.settings))
 
 
-@lru_cache(maxsize=1)
+@once_per_process
 def indexer() -> Indexer:
     """The process's single index writer, flushing on its own thread."""
     from services.indexer import Indexer
@@ -98,5 +122,5 @@ def index(instance_id: int) -> None:
 @worker_shutdown.connect
 def _publish_before_exit(**_: Any) -> None:
     """A stopping indexer publishes what it buffered rather than leaving it to the reconciler."""
-    if indexer.cache_info().currsize:
+    if indexer.is_built():  # type: ignore[attr-defined]
         indexer().stop()

@@ -55,7 +55,9 @@ def check_codes(codes: np.ndarray, bits: int, what: str = "codes") -> np.ndarray
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.shape[1] != bits // 8:
-        raise ValueError(f"{what} must have shape (n, {bits // 8}) for {bits} bits, not {array.shape}")
+        raise ValueError(
+            f"{what} must have shape (n, {bits // 8}) for {bits} bits, not {array.shape}"
+        )
     return np.ascontiguousarray(array)
 
 
@@ -166,7 +168,8 @@ class Manifest:
 
 
 def read_manifest(store: ObjectStore, model_version: str, generation: int) -> Manifest:
-    """The manifest of one generation (:class:`ObjectNotFound` if it is not, or no longer, there)."""
+    """The manifest of one generation; :class:`ObjectNotFound` if it is not (or no longer)
+    in the store."""
     manifest = Manifest.from_json(store.get(manifest_key(model_version, generation)))
     if manifest.model_version != model_version or manifest.generation != generation:
         raise IndexFormatError(

@@ -130,7 +130,8 @@ class IndexWriter:
             entries = []
             for shard in range(self.shards):
                 mine = owners == shard
-                entry = ShardEntry(shard_key(self.model_version, generation, shard), int(mine.sum()))
+                key = shard_key(self.model_version, generation, shard)
+                entry = ShardEntry(key, int(mine.sum()))
                 self.store.put(entry.key, encode_shard(ids[mine], codes[mine], self.bits))
                 entries.append(entry)
             self._publish(generation, self.shards, tuple(entries), ())

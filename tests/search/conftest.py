@@ -19,22 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 from pydicom.dataset import Dataset
 
 from services.indexer import Indexer
-from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.checkpoint import load_checkpoint
 from shared.config import Settings
-from shared.datasets import DEFAULT_NORMALIZATION, resize_image, to_model_input
 from shared.dicom.synthetic import StudyIds, make_ct, make_secondary_capture
 from shared.encode import BatchEncoder, EncodeStage
 from shared.ingest import Ingestor, StoreStatus
-from shared.models import create_model
 from shared.preprocess import PreprocessOptions, Preprocessor
 from shared.runtime import Runtime
+from tests.lsh_model import build_lsh_checkpoint, picture
 
 IMAGE_SIZE = 48
 """Side of the stored slices (small: fast to preprocess, encode and thumbnail)."""
@@ -45,18 +43,6 @@ def search_settings(data_dir: Path) -> Settings:
     return Settings(data_dir=data_dir, dicom_host="127.0.0.1", dicom_port=0, metrics_port=0,
                     database_url=None, broker_url=None, s3_endpoint=None, model=None,
                     image_size=IMAGE_SIZE)
-
-
-def picture(seed: int, size: int = 64) -> np.ndarray:
-    """An 8-bit greyscale picture unlike the others: a tilted gradient and a few discs."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    angle = rng.uniform(0, 2 * np.pi)
-    image = 60 + 80 * (np.cos(angle) * xx + np.sin(angle) * yy)
-    for _ in range(3):
-        cy, cx, radius = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.3)
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = rng.uniform(0, 255)
-    return np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -81,29 +67,7 @@ def multiframe_capture(ids: StudyIds, number: int, frames: list[np.ndarray]) -> 
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained EfficientNet-B0 HashNet whose hash layer is set to random projections of
-    its features' principal directions (locality-sensitive hashing): seconds to build, yet
-    different pictures get codes tens of bits apart, so a self-match at distance 0 is
-    never a tie with another image. Untrained hash layers give almost one code for all."""
-    torch.manual_seed(0)
-    model = create_model("hashnet", backbone="efficientnet_b0", bits=64, num_classes=2,
-                         image_size=32).eval()
-    samples = np.stack([resize_image(picture(seed), 32) for seed in range(100, 164)])
-    with torch.no_grad():
-        inputs = to_model_input(torch.from_numpy(samples)[:, None], DEFAULT_NORMALIZATION)
-        features = model.forward_features(inputs)
-        assert isinstance(features, torch.Tensor)
-        features = features.double()
-        mean = features.mean(dim=0)
-        _, scales, directions = torch.linalg.svd(features - mean, full_matrices=False)
-        weight = torch.randn(64, 16, dtype=torch.float64) @ (directions[:16] / scales[:16, None])
-        linear = model.get_submodule("hash.linear")
-        assert isinstance(linear, torch.nn.Linear)
-        linear.weight.copy_(weight)
-        linear.bias.copy_(-weight @ mean)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, model, ["a", "b"], DEFAULT_NORMALIZATION, {})
-    return path
+    return build_lsh_checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 @pytest.fixture(scope="session")
