@@ -19,6 +19,7 @@ import numpy as np
 
 from shared.catalog import Catalog, CatalogUnavailable, InstanceState
 from shared.index import IndexWriter
+from shared.metrics import STAGE_OUTCOMES, STAGE_SECONDS
 from shared.objectstore import ObjectStore, ObjectStoreUnavailable
 
 log = logging.getLogger("medhash.indexer")
@@ -60,6 +61,10 @@ class Indexer:
 
     def flush(self) -> int | None:
         """Publish buffered codes as a new generation, then mark their instances indexed."""
+        with STAGE_SECONDS.labels(stage="index").time():
+            return self._flush()
+
+    def _flush(self) -> int | None:
         with self._lock:
             generation = self.writer.flush()
             published, self._pending = sorted(self._pending), set()
@@ -70,6 +75,7 @@ class Indexer:
                 self._deltas_since_compaction = 0
         if published:
             moved = self.catalog.transition_many(published, InstanceState.ENCODED, InstanceState.INDEXED)
+            STAGE_OUTCOMES.labels(stage="index", outcome="indexed").inc(len(moved))
             log.info("generation %s published: %d instances indexed", generation, len(moved),
                      extra={"stage": "indexer"})
         return generation

@@ -30,6 +30,7 @@ from shared.config import Settings
 from shared.datasets import resize_image
 from shared.dicom.pixels import frame_from_image, iter_frames, resize_keep_aspect
 from shared.dicom.slices import decode_slice, encode_slice
+from shared.metrics import STAGE_OUTCOMES, STAGE_SECONDS
 from shared.objectstore import ObjectNotFound, ObjectStore
 from shared.preprocess import PreprocessOptions
 from shared.queue import Dispatcher, Stage
@@ -140,6 +141,12 @@ class EncodeStage:
     encoder: BatchEncoder
 
     def run(self, instance_id: int) -> InstanceState | None:
+        with STAGE_SECONDS.labels(stage="encode").time():
+            state = self._run(instance_id)
+        STAGE_OUTCOMES.labels(stage="encode", outcome=state.value if state else "noop").inc()
+        return state
+
+    def _run(self, instance_id: int) -> InstanceState | None:
         instance = self.catalog.get(instance_id)
         if instance is None or instance.state is not InstanceState.PREPROCESSED:
             return None

@@ -7,8 +7,10 @@ Processes without an HTTP server of their own (listener, workers) expose them wi
 from __future__ import annotations
 
 import logging
+import os
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
 
 log = logging.getLogger("medhash.metrics")
 
@@ -32,7 +34,33 @@ ASSOCIATIONS_REJECTED = Counter(
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
-    """Expose ``/metrics`` on ``port`` in a background thread (0 disables it)."""
-    if port:
-        start_http_server(port, addr=host)
-        log.info("metrics on http://%s:%d/metrics", host, port)
+    """Expose ``/metrics`` on ``port`` in a background thread (0 disables it).
+
+    With ``PROMETHEUS_MULTIPROC_DIR`` set (a prefork Celery worker: tasks run in child
+    processes), the children's metrics are read from that folder and served together.
+    """
+    if not port:
+        return
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    start_http_server(port, addr=host, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+
+STAGE_SECONDS = Histogram(
+    "medhash_stage_seconds",
+    "Time one pipeline stage spent on one instance (preprocess, encode) or one flush (index).",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+STAGE_OUTCOMES = Counter(
+    "medhash_stage_outcomes_total",
+    "Instances leaving a stage, by the state they reached (or `noop` for a duplicate delivery).",
+    ["stage", "outcome"],
+)
+INSTANCES = Gauge(
+    "medhash_instances",
+    "Current instances in each pipeline state, as the reconciler last counted them.",
+    ["state"],
+)

@@ -29,6 +29,7 @@ from shared.dicom.pixels import (
     resize_keep_aspect,
 )
 from shared.dicom.slices import SLICE_MEDIA_TYPE, encode_slice
+from shared.metrics import STAGE_OUTCOMES, STAGE_SECONDS
 from shared.objectstore import ObjectNotFound, ObjectStore, ObjectStoreUnavailable
 from shared.queue import Dispatcher, Stage
 
@@ -90,6 +91,12 @@ class Preprocessor:
         Transient failures (object store or catalog unreachable) propagate so the caller
         retries; everything about the instance itself ends in ``skipped`` or ``failed``.
         """
+        with STAGE_SECONDS.labels(stage="preprocess").time():
+            state = self._run(instance_id)
+        STAGE_OUTCOMES.labels(stage="preprocess", outcome=state.value if state else "noop").inc()
+        return state
+
+    def _run(self, instance_id: int) -> InstanceState | None:
         instance = self.catalog.get(instance_id)
         if instance is None or instance.state is not InstanceState.RECEIVED:
             return None  # already done by an earlier delivery, or never recorded

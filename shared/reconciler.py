@@ -16,6 +16,7 @@ import threading
 
 from shared.catalog import Catalog, CatalogUnavailable, InstanceState
 from shared.config import Settings
+from shared.metrics import INSTANCES
 from shared.preprocess import PreprocessOptions, clean_stable_series
 from shared.queue import Dispatcher, Stage
 
@@ -55,6 +56,8 @@ class Reconciler:
                 )
                 resent += 1
         clean_stable_series(self.catalog, self.thresholds, self.settings.series_stable_s)
+        for state, count in self.catalog.counts_by_state().items():
+            INSTANCES.labels(state=state).set(count)
         return resent
 
     def _loop(self) -> None:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 
@@ -53,6 +52,8 @@ def train(
     from shared.training import TrainConfig, fit
 
     if threads:
+        import torch  # torch loads only for the commands that need it
+
         torch.set_num_threads(threads)
     method = resolve_name(method)
     model_kwargs: dict[str, Any] = {}
@@ -100,6 +101,8 @@ def evaluate(
     from shared.training import resolve_device
 
     if threads:
+        import torch  # torch loads only for the commands that need it
+
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(model, device=resolve_device(device))
     size = ckpt.image_size

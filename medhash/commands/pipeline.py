@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Annotated
 
 import typer
@@ -30,6 +32,9 @@ def worker(
             "On the embedded default, `medhash serve` runs the workers in-process."
         )
     setup_logging(settings)
+    if pool == "prefork" and settings.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # tasks run in child processes: their metrics meet in a folder the parent serves
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="medhash-metrics-")
     from shared.metrics import serve_metrics
     from workers.app import app as celery_app
 
