@@ -154,6 +154,11 @@ class Settings(BaseSettings):
         default=0.02,
         description="Longest wait for a batch to fill before it runs anyway (seconds).",
     )
+    search_threads: int = Field(
+        default=0,
+        description="Threads scanning the shards of one query (0: one per core). Use 1 where "
+        "the search service shares its cores with CPU-heavy work.",
+    )
     index_shards: int = Field(default=8, description="Shards of each model version's index.")
     index_flush_s: float = Field(
         default=1.0,

@@ -57,6 +57,7 @@ from services.search.uploads import read_search_request
 from shared.dicom.pixels import PixelPipelineError
 from shared.dicom.slices import thumbnail_png
 from shared.encode import BatchEncoder, UnreadableQuery, open_encoder
+from shared.index import configure_search_threads
 from shared.runtime import Runtime
 
 log = logging.getLogger("medhash.search")
@@ -157,6 +158,7 @@ def create_app(
     ``X-API-Key``. ``expose_patient_data`` adds ``patient_id`` to results and instances.
     The runtime stays the caller's to close.
     """
+    configure_search_threads(runtime.settings.search_threads)
     owns_encoder = encoder is None and runtime.settings.model is not None
     if owns_encoder:
         encoder = open_encoder(runtime.settings)

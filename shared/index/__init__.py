@@ -61,13 +61,14 @@ from shared.index.format import (
     latest_generation,
     list_model_versions,
 )
-from shared.index.searcher import LiveSearcher, Searcher
+from shared.index.searcher import LiveSearcher, Searcher, configure_search_threads
 from shared.index.writer import IndexWriter
 
 __all__ = [
     "ConcurrentWriterError",
     "IndexFormatError",
     "IndexWriter",
+    "configure_search_threads",
     "LiveSearcher",
     "Searcher",
     "check_model_version",

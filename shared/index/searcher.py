@@ -35,6 +35,20 @@ _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
+def configure_search_threads(threads: int) -> None:
+    """Threads that scan one query's segments (0: one per core; ``MEDHASH_SEARCH_THREADS``).
+
+    One thread is the better choice on a machine whose cores are busy with other work: a
+    helper thread that has to wait for a core costs more than it saves (docs/benchmarks.md).
+    """
+    global _WORKERS, _pool
+    with _pool_lock:
+        _WORKERS = threads or os.cpu_count() or 1
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
+
+
 def _search_pool() -> ThreadPoolExecutor:
     """The helper threads of every search, one per core, shared by all searchers."""
     global _pool
