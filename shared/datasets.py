@@ -67,19 +67,16 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    """First frame, modality and VOI LUT applied, MONOCHROME1 inverted, as uint8."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    """First frame through the same pixel pipeline the CPU workers run, as uint8.
 
-    ds = pydicom.dcmread(path)
-    arr = ds.pixel_array
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]
-    arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
-    if arr.ndim == 3:  # colour
-        arr = arr.mean(axis=2)
-    out = to_uint8(arr)
-    return 255 - out if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1" else out
+    Training on DICOM must see what the encoders will see: modality and VOI LUT, the
+    per-modality default window, MONOCHROME1 inversion and colour-to-grey all come from
+    :mod:`shared.dicom.pixels`, not from a second, slightly different implementation.
+    """
+    from shared.dicom.pixels import iter_frames
+
+    first = next(iter_frames(path.read_bytes()))
+    return np.round(first.pixels * 255.0).astype(np.uint8)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
