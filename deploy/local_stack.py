@@ -22,7 +22,7 @@ from pathlib import Path
 
 from medhash.commands.ingest import wait_for_signal
 
-# name -> `medhash` arguments; the worker layout of README "Operating medhash"
+# name -> `medhash` arguments; the worker layout of docs/operations.md
 PROCESSES: dict[str, list[str]] = {
     "listener": ["listener"],
     "search": ["search"],

@@ -80,9 +80,12 @@ def reconciler() -> None:
     from shared.reconciler import Reconciler
     from shared.runtime import Runtime
 
+    from shared.metrics import serve_metrics
+
     settings = get_settings()
     setup_logging(settings)
     runtime = Runtime.from_settings(settings)
+    serve_metrics(settings.metrics_port)  # medhash_instances{state} and the stage counters
     loop = Reconciler(runtime.catalog, runtime.dispatcher, settings)
     loop.run_once()
     loop.start()
