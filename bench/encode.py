@@ -35,14 +35,21 @@ What is measured, and why this way:
 * ``--breakdown`` adds one untimed worker run with a timer around each step of the stage
   (catalog reads, object get, PNG decode, waiting in ``BatchEncoder.encode``, the commit),
   summed over threads and divided by slices: where the worker's time goes.
+* PyTorch threads: ``--torch-threads 1`` is the setting to compare with on a shared box.
+  With PyTorch's default (one OpenMP thread per core), a forward pass on a loaded 2-core
+  machine spends most of its CPU spin-waiting at OpenMP barriers for a thread the scheduler
+  parked: the same 256-slice bare run took 0.75 s CPU at one moment and 4-12 s at another,
+  which makes ratios between two runs seconds apart meaningless. Both sides always use the
+  same setting (``torch.set_num_threads`` is process-wide, also for the encoder thread).
 * Device: CPU only here (the box has no GPU). On CUDA the code path is the same, with
   ``torch.autocast`` (AMP) inside ``BatchEncoder.forward``; the bare side here does not
   autocast, which on CPU changes nothing (``enabled`` is false off CUDA).
 
 A benchmark measures; it never asserts timings. Example::
 
-    /work/main/.venv/bin/python bench/encode.py                        # S=64, 256 slices, 32 threads
-    /work/main/.venv/bin/python bench/encode.py --image-size 64 224 --repeat 2 --breakdown
+    /work/main/.venv/bin/python bench/encode.py --torch-threads 1          # S=64, 256 slices, 32 threads
+    /work/main/.venv/bin/python bench/encode.py --torch-threads 1 --image-size 64 224 \
+        --threads 32 16 --repeat 3 --breakdown --json /tmp/encode.json
 """
 
 from __future__ import annotations

@@ -383,7 +383,8 @@ def _greyscale_frame(
 ) -> Frame:
     attrs = _frame_lut_attributes(ds, tsyntax, index)
     values, modality_desc = _modality(stored, attrs)
-    unit, voi_desc = _voi(values, attrs, str(ds.get("Modality", "")), policy)
+    unit, voi_desc = _voi(values, attrs, str(ds.get("Modality", "")), policy,
+                          _full_scale(ds) if modality_desc == "none" else None)
     inverted = photometric == "MONOCHROME1"
     if inverted:
         unit = 1.0 - unit
@@ -441,8 +442,20 @@ def _modality(stored: np.ndarray, attrs: Dataset) -> tuple[np.ndarray, str]:
     return apply_modality_lut(stored, attrs).astype(np.float64, copy=False), description
 
 
+def _full_scale(attrs: Dataset) -> float | None:
+    """2**BitsStored - 1 for unsigned data of at most 8 bits, else None.
+
+    Such pixels (secondary captures, converted pictures) are already display values: shown
+    on their full scale they look as they did to whoever made them, and as the same picture
+    does as PNG/JPEG (see :func:`frame_from_image`), which min-max scaling would not keep.
+    """
+    bits = int(attrs.get("BitsStored", 16) or 16)
+    return float(2**bits - 1) if bits <= 8 and int(attrs.get("PixelRepresentation", 0) or 0) == 0 else None
+
+
 def _voi(
-    values: np.ndarray, attrs: Dataset, modality: str, policy: WindowPolicy
+    values: np.ndarray, attrs: Dataset, modality: str, policy: WindowPolicy,
+    full_scale: float | None = None,
 ) -> tuple[np.ndarray, str]:
     """Map Modality LUT output to [0, 1] by the first VOI source that applies."""
     if policy.override is not None:
@@ -456,6 +469,8 @@ def _voi(
     default = policy.modality_windows.get(modality)
     if default is not None:
         return _apply_window(values, default), _window_text(default, f"default {modality}")
+    if full_scale is not None:
+        return values / full_scale, f"full scale 0-{full_scale:g} (no window)"
     return _min_max(values)
 
 
@@ -584,7 +599,11 @@ def _unit(values: np.ndarray) -> np.ndarray:
 def frame_from_image(grey: np.ndarray) -> np.ndarray:
     """A greyscale picture (PNG/JPEG pixels) normalised exactly as an unwindowed DICOM frame.
 
-    A stored 8-bit DICOM without a window goes through min-max scaling; a query that is a
-    PNG of the same pixels must land on the same values, or it would not find its twin.
+    8-bit pictures go on their full scale, as an unwindowed 8-bit DICOM does (and as the
+    training images do); deeper ones are min-max scaled, as unwindowed deep DICOM is. A
+    query that is a PNG of a stored image's pixels must land on the same values.
     """
-    return _unit(_min_max(np.asarray(grey, dtype=np.float64))[0])
+    values = np.asarray(grey, dtype=np.float64)
+    if np.asarray(grey).dtype == np.uint8:
+        return _unit(values / 255.0)
+    return _unit(_min_max(values)[0])

@@ -41,6 +41,7 @@ from shared.dicom.pixels import (
     UndecodablePixelData,
     Window,
     WindowPolicy,
+    frame_from_image,
     frames_from_bytes,
     iter_frames,
     resize_keep_aspect,
@@ -241,10 +242,21 @@ def test_voi_lut_sequence_normalised_by_the_lut_range() -> None:
 
 
 def test_monochrome1_inverted_after_min_max() -> None:
-    ds = make_dataset(np.array([[0, 50, 100]], dtype=np.uint8), photometric="MONOCHROME1")
+    ds = make_dataset(np.array([[0, 500, 1000]], dtype=np.uint16), photometric="MONOCHROME1")
     frame = frames_from_bytes(to_bytes(ds))[0]
     np.testing.assert_allclose(frame.pixels, [[1.0, 0.5, 0.0]], atol=1e-7)
     assert frame.inverted
+
+
+def test_unwindowed_8_bit_keeps_its_full_scale_and_matches_the_same_picture() -> None:
+    """8-bit data without a window is shown 0..255, as the same picture as PNG would be."""
+    pixels = np.array([[0, 50, 100]], dtype=np.uint8)
+    frame = frames_from_bytes(to_bytes(make_dataset(pixels)))[0]
+    np.testing.assert_allclose(frame.pixels, [[0.0, 50 / 255, 100 / 255]], atol=1e-7)
+    assert frame.voi == "full scale 0-255 (no window)"
+    np.testing.assert_array_equal(frame.pixels, frame_from_image(pixels))
+    inverted = frames_from_bytes(to_bytes(make_dataset(pixels, photometric="MONOCHROME1")))[0]
+    np.testing.assert_allclose(inverted.pixels, [[1.0, 1 - 50 / 255, 1 - 100 / 255]], atol=1e-7)
 
 
 def test_monochrome1_inverted_after_windowing() -> None:
