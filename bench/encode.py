@@ -38,7 +38,7 @@ What is measured, and why this way:
 * PyTorch threads: ``--torch-threads 1`` is the setting to compare with on a shared box.
   With PyTorch's default (one OpenMP thread per core), a forward pass on a loaded 2-core
   machine spends most of its CPU spin-waiting at OpenMP barriers for a thread the scheduler
-  parked: the same 256-slice bare run took 0.75 s CPU at one moment and 4-12 s at another,
+  parked: the same 128-slice bare run took 0.75 s CPU at one moment and 4-5 s at another,
   which makes ratios between two runs seconds apart meaningless. Both sides always use the
   same setting (``torch.set_num_threads`` is process-wide, also for the encoder thread).
 * Device: CPU only here (the box has no GPU). On CUDA the code path is the same, with
@@ -78,8 +78,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/encode.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 BARE = "bare: LoadedCheckpoint.encode"
 WORKER = "worker: EncodeStage.run + BatchEncoder"
@@ -215,7 +215,7 @@ def run_bare(checkpoint: Any, images: np.ndarray, batch_size: int, repeat: int) 
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu0
     full, rest = divmod(len(images), batch_size)
-    batches = {batch_size: full, **({rest: 1} if rest else {})}
+    batches = {**({batch_size: full} if full else {}), **({rest: 1} if rest else {})}
     return RunResult(checkpoint.image_size, BARE, batch_size, None, len(images), seconds,
                      len(images) / seconds, cpu, before, load(), repeat, forward_s=seconds,
                      batches=batches, codes=codes)
@@ -300,7 +300,7 @@ def run_worker(checkpoint: Any, prepared: Prepared, batch_size: int, max_wait_s:
                 return
             try:
                 stage.run(instance_id)
-            except BaseException as exc:  # reported in the row, not swallowed
+            except BaseException as exc:  # noqa: BLE001 - reported in the row, not swallowed
                 errors.append(exc)
 
     pool = [threading.Thread(target=feed, name=f"bench-encode-{n}") for n in range(threads)]
@@ -322,7 +322,7 @@ def run_worker(checkpoint: Any, prepared: Prepared, batch_size: int, max_wait_s:
     problems = [f"{type(e).__name__}: {e}" for e in errors[:3]]
     counts = runtime.catalog.counts_by_state()
     if counts.get("encoded", 0) != len(prepared.ids):
-        problems.append(f"states {dict((k, v) for k, v in counts.items() if v)}")
+        problems.append(f"states { {k: v for k, v in counts.items() if v} }")
     rows = runtime.catalog.codes_of_instances(prepared.ids, checkpoint.version)
     if len(rows) != len(prepared.ids):
         problems.append(f"{len(rows)} codes for {len(prepared.ids)} slices")
@@ -363,8 +363,8 @@ def batches_text(batches: dict[int, int]) -> str:
 def table(results: Sequence[RunResult]) -> str:
     """A Markdown table, printable and pasteable into docs/benchmarks.md as is."""
     lines = [
-        "| S | path | batch | threads | slices | seconds | slices/s | ratio vs bare | "
-        "in forward | mean batch (sizes×count) | CPU s | codes = bare | load before→after |",
+        ("| S | path | batch | threads | slices | seconds | slices/s | ratio vs bare | "
+         "in forward | mean batch (sizes×count) | CPU s | codes = bare | load before→after |"),
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | --- |",
     ]
     for r in results:
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     thread_counts = args.threads or [batch_size]
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     info = machine()
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     load_start = load()
     print(f"command: {command}")
     print(f"machine: nproc={info['nproc']} cpu={info['cpu']!r} kernel={info['kernel']} "

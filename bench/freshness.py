@@ -66,10 +66,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/freshness.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO_ROOT))
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
+import httpx
+import numpy as np
 
-from shared.config import Settings  # noqa: E402
+from shared.config import Settings
 
 EMBEDDED = "embedded (medhash serve)"
 DISTRIBUTED = "distributed (local stack, stand-ins)"
@@ -318,8 +318,8 @@ def fmt(value: float | None) -> str:
 def table(results: Sequence[ConfigResult]) -> str:
     """A Markdown table, printable and pasteable into docs/benchmarks.md as is."""
     lines = [
-        "| configuration | index flush s | instances | burst | searchable p50 s | p90 s | max s | "
-        "encoded p50 s | encoded p90 s | not searchable | load before→after |",
+        ("| configuration | index flush s | instances | burst | searchable p50 s | p90 s | max s | "
+         "encoded p50 s | encoded p90 s | not searchable | load before→after |"),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
@@ -388,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     info = machine()
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     load_start = load()
     print(f"command: {command}")
     print(f"machine: nproc={info['nproc']} cpu={info['cpu']!r} kernel={info['kernel']} python={info['python']}")
@@ -428,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 s = result.stats("searchable_s")
                 print(f"   searchable p50 {fmt(s['p50'])} s, p90 {fmt(s['p90'])} s, max {fmt(s['max'])} s",
                       flush=True)
-            except Exception as exc:  # reported; the other configurations still run
+            except Exception as exc:  # noqa: BLE001 - reported; the other configurations still run
                 failures.append(f"{label} flush {flush_s:g}: {exc}")
                 print(f"   FAILED: {exc}", flush=True)
     load_end = load()

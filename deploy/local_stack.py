@@ -30,7 +30,8 @@ PROCESSES: dict[str, list[str]] = {
     "reconciler": ["reconciler"],
     "preprocess-1": ["worker", "--queues", "preprocess", "--concurrency", "1"],
     "preprocess-2": ["worker", "--queues", "preprocess", "--concurrency", "1"],
-    "encode-1": ["worker", "--queues", "encode", "--pool", "threads", "--concurrency", "16"],
+    # twice MEDHASH_ENCODE_BATCH_SIZE (32) threads, so the next batch fills while one runs
+    "encode-1": ["worker", "--queues", "encode", "--pool", "threads", "--concurrency", "64"],
 }
 
 

@@ -41,8 +41,9 @@ class EmbeddedPipeline:
         if settings.model is not None:
             pipeline.encoder = open_encoder(settings)
             stage = EncodeStage(runtime.store, runtime.catalog, dispatcher, pipeline.encoder)
-            # as many feeding threads as a batch holds slices, so batches can fill
-            dispatcher.register(Stage.ENCODE, stage.run, settings.encode_batch_size)
+            # twice as many feeding threads as a batch holds slices: while one batch runs, the
+            # next one fills (with exactly a batch's worth, batches ran half full; bench/encode.py)
+            dispatcher.register(Stage.ENCODE, stage.run, 2 * settings.encode_batch_size)
             pipeline.indexer = Indexer(
                 runtime.store, runtime.catalog, pipeline.encoder.model_version,
                 pipeline.encoder.checkpoint.model.bits, shards=settings.index_shards,

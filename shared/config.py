@@ -147,6 +147,11 @@ class Settings(BaseSettings):
         description="Torch device of the encode workers: `auto` (CUDA when available), `cpu`, "
         "`cuda`, `cuda:1`, ... Run one encode worker process per GPU.",
     )
+    torch_threads: int = Field(
+        default=0,
+        description="Torch CPU threads per encode process (0: torch's default). 1-2 avoids "
+        "threads spin-waiting for cores that other work holds.",
+    )
     encode_batch_size: int = Field(
         default=32, description="Slices per forward pass, gathered across tasks."
     )
@@ -160,6 +165,10 @@ class Settings(BaseSettings):
         "the search service shares its cores with CPU-heavy work.",
     )
     index_shards: int = Field(default=8, description="Shards of each model version's index.")
+    search_refresh_s: float = Field(
+        default=0.5,
+        description="How often the search service looks for a newer index generation.",
+    )
     index_flush_s: float = Field(
         default=1.0,
         description="How often the indexer writes new codes as a delta and a new generation.",

@@ -213,5 +213,7 @@ def open_encoder(settings: Settings) -> BatchEncoder:
         )
     if not settings.model.is_file():
         raise ValueError(f"MEDHASH_MODEL={settings.model} does not exist")
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     checkpoint = load_checkpoint(settings.model, device=resolve_device(settings.device))
     return BatchEncoder(checkpoint, settings.encode_batch_size, settings.encode_max_wait_s)

@@ -77,7 +77,7 @@ def _preprocessor() -> Preprocessor:
 
 
 @once_per_process
-def _encode_stage() -> EncodeStage:
+def encode_stage() -> EncodeStage:
     from shared.encode import EncodeStage, open_encoder
 
     runtime = _runtime()
@@ -90,7 +90,7 @@ def indexer() -> Indexer:
     from services.indexer import Indexer
 
     runtime = _runtime()
-    encoder = _encode_stage().encoder  # the model version and bits come from the checkpoint
+    encoder = encode_stage().encoder  # the model version and bits come from the checkpoint
     settings = runtime.settings
     writer = Indexer(runtime.store, runtime.catalog, encoder.model_version,
                      encoder.checkpoint.model.bits, shards=settings.index_shards,
@@ -109,7 +109,7 @@ def preprocess(instance_id: int) -> str | None:
 @app.task(name=Stage.ENCODE.task_name, **RETRY)
 def encode(instance_id: int) -> str | None:
     """Hash one instance's slices (batched with other tasks of this process)."""
-    state = _encode_stage().run(int(instance_id))
+    state = encode_stage().run(int(instance_id))
     return state.value if state else None
 
 

@@ -50,7 +50,7 @@ def demo(
         Path | None, typer.Option(help="mednist-64.tar.gz (default: ../shared/data beside the checkout).")
     ] = None,
     per_class: Annotated[int, typer.Option(help="Images per class in the demo set.")] = 40,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 4,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 15,
     bits: Annotated[int, typer.Option(help="Hash code length.")] = 32,
     data_dir: Annotated[
         Path | None, typer.Option(help="Where to keep the demo's data (default: a temp folder).")

@@ -39,11 +39,25 @@ def worker(
     from workers.app import app as celery_app
 
     serve_metrics(settings.metrics_port)
+    _preload(queues.split(","), pool)
     argv = ["worker", "-Q", queues, "--loglevel", settings.log_level, "-n", f"{queues}@%h",
             "--pool", pool]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     celery_app.worker_main(argv)
+
+
+def _preload(queues: list[str], pool: str) -> None:
+    """Load the model (and the index writer) now, not on the first task: in a thread-pool
+    worker they are shared by every task, and loading them took ~20 s of the first one."""
+    if pool not in {"threads", "solo"}:
+        return  # prefork children build their own after the fork
+    from workers import tasks
+
+    if "encode" in queues:
+        tasks.encode_stage()
+    if "index" in queues:
+        tasks.indexer()
 
 
 def indexer() -> None:

@@ -148,7 +148,7 @@ def create_app(
     expose_patient_data: bool = False,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_query_frames: int = 16,
-    refresh_interval_s: float = 1.0,
+    refresh_interval_s: float | None = None,
 ) -> FastAPI:
     """The search service over ``runtime``.
 
@@ -163,7 +163,7 @@ def create_app(
     if owns_encoder:
         encoder = open_encoder(runtime.settings)
     engine = SearchEngine(runtime, encoder, max_query_frames=max_query_frames,
-                          refresh_interval_s=refresh_interval_s)
+                          refresh_interval_s=refresh_interval_s or runtime.settings.search_refresh_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -25,7 +25,7 @@ from deploy.local_stack import LocalStack
 from shared.config import Settings
 from tests.e2e.topology import _env
 from tests.lsh_model import build_lsh_checkpoint
-from tests.reliability.harness import ALLOWED_AE, API_KEY, Deployment, stream_files_unchanged
+from tests.reliability.harness import ALLOWED_AE, API_KEY, Deployment, Gate, stream_files_unchanged
 from tests.servers import PostgresServer, RedisServer, S3Server, free_port
 
 RECONCILE_AFTER_S = 5.0
@@ -38,7 +38,7 @@ def reliability_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def deployment_settings(work_dir: Path, checkpoint: Path, postgres: PostgresServer,
-                        broker: RedisServer, s3: S3Server) -> Settings:
+                        broker: RedisServer, s3: S3Server, s3_endpoint: str) -> Settings:
     """Distributed settings with a database and bucket of their own (``distributed_settings``,
     session-wide) and the reliability configuration."""
     name = f"reliability_{os.getpid()}"
@@ -49,7 +49,7 @@ def deployment_settings(work_dir: Path, checkpoint: Path, postgres: PostgresServ
     return Settings(
         data_dir=work_dir / "data", model=checkpoint, image_size=32,
         database_url=postgres.url_for(name), broker_url=broker.url,
-        s3_endpoint=s3.endpoint, s3_access_key=s3.access_key, s3_secret_key=s3.secret_key,
+        s3_endpoint=s3_endpoint, s3_access_key=s3.access_key, s3_secret_key=s3.secret_key,
         s3_bucket=name.replace("_", "-"),
         dicom_host="127.0.0.1", dicom_port=free_port(), http_host="127.0.0.1", http_port=free_port(),
         metrics_port=0, index_flush_s=0.3, reconcile_after_s=RECONCILE_AFTER_S,
@@ -61,12 +61,22 @@ def deployment_settings(work_dir: Path, checkpoint: Path, postgres: PostgresServ
 
 
 @pytest.fixture(scope="session")
+def s3_gate(s3_server: S3Server) -> Iterator[Gate]:
+    """The deployment reaches S3 through this gate; closing it is the S3 outage."""
+    gate = Gate(s3_server.port)
+    gate.start()
+    yield gate
+    gate.stop()
+
+
+@pytest.fixture(scope="session")
 def deployment(
     tmp_path_factory: pytest.TempPathFactory, reliability_checkpoint: Path,
-    postgres_server: PostgresServer, redis_server: RedisServer, s3_server: S3Server,
+    postgres_server: PostgresServer, redis_server: RedisServer, s3_server: S3Server, s3_gate: Gate,
 ) -> Iterator[Deployment]:
     work_dir = tmp_path_factory.mktemp("reliability")
-    settings = deployment_settings(work_dir, reliability_checkpoint, postgres_server, redis_server, s3_server)
+    settings = deployment_settings(work_dir, reliability_checkpoint, postgres_server, redis_server,
+                                   s3_server, s3_gate.endpoint)
     stream_files_unchanged()
     stack = LocalStack(_env(settings), work_dir / "logs")
     running = Deployment(settings, stack, f"http://127.0.0.1:{settings.http_port}", work_dir)
@@ -82,12 +92,12 @@ def deployment(
 
 @pytest.fixture
 def healthy(deployment: Deployment, postgres_server: PostgresServer, redis_server: RedisServer,
-            s3_server: S3Server) -> Iterator[Deployment]:
+            s3_gate: Gate) -> Iterator[Deployment]:
     """The deployment with every server up before and after the test (a test that failed
     inside an outage may have left one down; the supervisor restarts killed processes)."""
-    for server in (postgres_server, redis_server, s3_server):
+    for server in (postgres_server, redis_server, s3_gate):
         server.start()  # a no-op when it runs
     deployment.recover()
     yield deployment
-    for server in (postgres_server, redis_server, s3_server):
+    for server in (postgres_server, redis_server, s3_gate):
         server.start()

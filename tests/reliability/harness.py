@@ -15,8 +15,10 @@ mixed-fault ingest). See ``docs/reliability.md``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 import signal
 import statistics
 import subprocess
@@ -306,6 +308,99 @@ def stream_files_unchanged() -> None:
     sender's datasets). Set once to True for the whole session, save/restore is a no-op.
     """
     _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+class Gate:
+    """A TCP forwarder to a server; :meth:`stopped` makes the server look down to its clients.
+
+    Used for the S3 outage. Stopping the moto server itself (``S3Server.stopped()``) is not
+    faithful under live writers: moto rebuilds its state by replaying recorded requests
+    *after* it starts answering, so for a while clients see an old bucket (the indexer then
+    finds index generation 3 where it published 36), and requests made during the replay are
+    recorded out of order. A real MinIO comes back with all its objects at once. Closing the
+    gate gives the clients exactly what a stopped server gives them (connection refused,
+    open connections reset) while the objects stay as they were.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        from tests.servers import free_port
+
+        self.target_port = target_port
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                return
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(128)
+            listener.settimeout(0.2)
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), name="gate", daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            connections, self._connections = self._connections, set()
+        if listener is not None:
+            listener.close()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._connections |= {client, upstream}
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        source.settimeout(None)
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            for conn in (source, target):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        finally:
+            with self._lock:
+                self._connections.discard(source)
 
 
 # --- instances and resending senders --------------------------------------------------------

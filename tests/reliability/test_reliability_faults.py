@@ -4,7 +4,8 @@ Each test sends a batch of Secondary Captures over several concurrent associatio
 senders that behave like a PACS router (a failure or a broken association: back off, resend),
 and hits the deployment with real faults while they send: ``kill -9`` of the listener, a
 CPU worker, the encode worker or the indexer (each relaunched), a Redis restart that loses
-every queued message, PostgreSQL or the S3 server stopped for a while. Each fault alone, then
+every queued message, PostgreSQL stopped for a while, S3 unreachable (connection refused)
+for as long. Each fault alone, then
 all of them in one ingest. Afterwards :func:`~tests.reliability.harness.audit` checks the end
 state: every instance answered Success is indexed, exactly once, with catalog and object
 store in agreement, and every file whose sender saw a failure was stored on a resend.
@@ -27,9 +28,9 @@ import pytest
 
 from shared.catalog import InstanceState
 from tests.reliability.harness import (
-    Batch, Deployment, IngestRun, audit, ingest, scaled, wait_stored, wait_until,
+    Batch, Deployment, Gate, IngestRun, audit, ingest, scaled, wait_stored,
 )
-from tests.servers import PostgresServer, RedisServer, S3Server
+from tests.servers import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
@@ -48,7 +49,8 @@ _seeds = itertools.count(10_000, 10_000)
 class Servers:
     postgres: PostgresServer
     redis: RedisServer
-    s3: S3Server
+    s3: Gate
+    """S3 goes down by closing the gate in front of it (see :class:`Gate` for why)."""
 
 
 Fault = Callable[[Deployment, Servers, IngestRun, list[str]], None]
@@ -118,8 +120,8 @@ FIGURES: dict[str, str] = {}
 
 
 @pytest.fixture
-def servers(postgres_server: PostgresServer, redis_server: RedisServer, s3_server: S3Server) -> Servers:
-    return Servers(postgres_server, redis_server, s3_server)
+def servers(postgres_server: PostgresServer, redis_server: RedisServer, s3_gate: Gate) -> Servers:
+    return Servers(postgres_server, redis_server, s3_gate)
 
 
 def run_with_fault(deployment: Deployment, servers: Servers, batch: Batch, fault: Fault,
