@@ -59,7 +59,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import queue
 import shlex
 import shutil
@@ -83,11 +82,10 @@ import torch
 
 BARE = "bare: LoadedCheckpoint.encode"
 WORKER = "worker: EncodeStage.run + BatchEncoder"
+from bench.common import load  # noqa: E402
+from bench.common import machine as common_machine  # noqa: E402
 
 
-def load() -> tuple[float, float, float]:
-    """1/5/15-minute load averages: on a shared 2-core box they explain noisy numbers."""
-    return os.getloadavg()
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,23 +393,7 @@ def breakdown_table(timer: StepTimer, slices: int, seconds: float, threads: int,
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda_available": torch.cuda.is_available(),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "numpy": np.__version__,
-    }
+    return common_machine(torch=torch.__version__, torch_threads=torch.get_num_threads(), cuda_available=torch.cuda.is_available(), mkldnn=torch.backends.mkldnn.is_available(), numpy=np.__version__)
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,7 +50,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import random
 import shlex
 import subprocess
@@ -69,15 +68,14 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/freshness.py` puts bench/, n
 import httpx
 import numpy as np
 
+from bench.common import load  # noqa: E402
+from bench.common import machine as common_machine  # noqa: E402
 from shared.config import Settings
 
 EMBEDDED = "embedded (medhash serve)"
 DISTRIBUTED = "distributed (local stack, stand-ins)"
 
 
-def load() -> tuple[float, float, float]:
-    """1/5/15-minute load averages: on a shared 2-core box they explain noisy numbers."""
-    return os.getloadavg()
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,14 +333,7 @@ def table(results: Sequence[ConfigResult]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
-            "python": platform.python_version()}
+    return common_machine()
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,7 +40,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -67,6 +66,8 @@ MANIFEST = "bench-manifest.json"
 CALLING_AE = "BENCHSCU"
 MEDHASH_AE = "MEDHASH"
 STORESCP_AE = "STORESCP"
+from bench.common import load  # noqa: E402
+from bench.common import machine as common_machine  # noqa: E402
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -81,9 +82,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def load() -> tuple[float, float, float]:
-    """1/5/15-minute load averages: on a shared 2-core box they explain noisy numbers."""
-    return os.getloadavg()
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,20 +482,8 @@ def fsync_latency(folder: Path, size: int, samples: int = 50) -> dict[str, float
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     dcmtk = subprocess.run([str(STORESCP), "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "dcmtk": dcmtk.strip(),
-    }
+    return common_machine(dcmtk=dcmtk.strip())
 
 
 # --------------------------------------------------------------------------------------------

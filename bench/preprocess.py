@@ -49,7 +49,6 @@ import datetime as dt
 import io
 import json
 import os
-import platform
 import pstats
 import shlex
 import shutil
@@ -81,6 +80,9 @@ for _path in (REPO_ROOT, MEDHASH_SRC):  # `python bench/x.py` puts bench/, not t
         sys.path.insert(0, str(_path))
 
 import numpy as np  # noqa: E402
+
+from bench.common import load  # noqa: E402
+from bench.common import machine as common_machine  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
 
@@ -95,9 +97,6 @@ IN_PROCESS = "worker, in-process (embedded)"
 CELERY = "worker, Celery process (stand-ins)"
 
 
-def load() -> tuple[float, float, float]:
-    """1/5/15-minute load averages: on a shared 2-core box they explain noisy numbers."""
-    return os.getloadavg()
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,23 +467,7 @@ def machine() -> dict[str, Any]:
     import PIL
     import pydicom
 
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "pydicom": pydicom.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "decoders": {name: decoder_plugins(uid) for name, uid in SYNTAXES.items()},
-        "medhash_src": str(MEDHASH_SRC or REPO_ROOT),
-    }
+    return common_machine(pydicom=pydicom.__version__, numpy=np.__version__, pillow=PIL.__version__, decoders={name: decoder_plugins(uid) for name, uid in SYNTAXES.items()}, medhash_src=str(MEDHASH_SRC or REPO_ROOT))
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/search.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.common import load  # noqa: E402
 from shared.index import IndexWriter, Searcher  # noqa: E402
 from shared.objectstore import LocalObjectStore  # noqa: E402
 
@@ -69,9 +70,6 @@ MODEL_VERSION = "bench"
 SearchFn = Callable[[np.ndarray], list[list[tuple[int, int]]]]
 
 
-def load() -> tuple[float, float, float]:
-    """1/5/15-minute load averages: on a shared 2-core box they explain noisy numbers."""
-    return os.getloadavg()
 
 
 @dataclass
