@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
+import pydicom
 import torch
 from PIL import Image
 
@@ -180,9 +181,30 @@ def _stored_round_trip(pixels: np.ndarray) -> np.ndarray:
     return decode_slice(encode_slice(pixels))
 
 
+def _check_dicom_size(data: bytes) -> None:
+    """Refuse a DICOM query whose pixels would exceed the picture limit, before decoding.
+
+    A deflated or compressed upload of a few KB can declare gigabytes of pixels; the header
+    says how many before any of them is inflated.
+    """
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                                 specific_tags=["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"])
+        pixels = (int(header.get("Rows") or 0) * int(header.get("Columns") or 0)
+                  * int(header.get("NumberOfFrames") or 1) * int(header.get("SamplesPerPixel") or 1))
+    except Exception as exc:
+        raise UnreadableQuery(f"the DICOM header does not parse ({type(exc).__name__}: {exc})") from exc
+    if pixels > MAX_QUERY_PIXELS:
+        raise UnreadableQuery(
+            f"DICOM query declares {pixels} pixels, more than the {MAX_QUERY_PIXELS} allowed; "
+            "send one frame or a smaller image"
+        )
+
+
 def query_slices(data: bytes, options: PreprocessOptions) -> list[np.ndarray]:
     """The slices the pipeline would store for an upload: a DICOM instance or a picture."""
     if len(data) > 132 and data[128:132] == b"DICM":
+        _check_dicom_size(data)
         frames = [frame.pixels for frame in iter_frames(data, options.window)]
     else:
         try:

@@ -40,7 +40,8 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
     value = dataset.get(keyword)
     if value is None or value == "":
         return None
-    return str(value).strip("\x00 ") or None
+    # NUL is padding at the ends and never meaningful inside text; PostgreSQL refuses it
+    return str(value).replace("\x00", "").strip() or None
 
 
 def _frames(dataset: Dataset) -> int:

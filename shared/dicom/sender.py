@@ -21,6 +21,11 @@ from pynetdicom.association import Association
 
 log = logging.getLogger("medhash.send")
 
+# Stream each file's own bytes, never decode and re-encode them. pynetdicom keeps this as a
+# process-wide switch; it is set once here, not toggled per send, so concurrent senders in
+# one process cannot switch it off under each other.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
 MAX_CONTEXTS_PER_ASSOCIATION = 128
 SUCCESS = 0x0000
 
@@ -148,30 +153,25 @@ class Sender:
         return results
 
     def _send_batch(self, batch: list[_Outgoing], done: Callable[[SendResult], None]) -> None:
-        previous_chunked = _config.STORE_SEND_CHUNKED_DATASET
-        _config.STORE_SEND_CHUNKED_DATASET = True  # stream the file's own bytes, never re-encode
-        try:
-            remaining = list(batch)
-            reopened = False
-            while remaining:
-                assoc = self._associate(remaining)
-                if not assoc.is_established:
-                    reason = "association rejected" if assoc.is_rejected else "association failed"
-                    for item in remaining:
-                        done(SendResult(item.path, None, f"{reason} by {self.host}:{self.port}"))
-                    return
-                try:
-                    remaining = self._send_on(assoc, remaining, done)
-                finally:
-                    if assoc.is_established:
-                        assoc.release()
-                if remaining and reopened:
-                    for item in remaining:
-                        done(SendResult(item.path, None, "association aborted twice"))
-                    return
-                reopened = True
-        finally:
-            _config.STORE_SEND_CHUNKED_DATASET = previous_chunked
+        remaining = list(batch)
+        reopened = False
+        while remaining:
+            assoc = self._associate(remaining)
+            if not assoc.is_established:
+                reason = "association rejected" if assoc.is_rejected else "association failed"
+                for item in remaining:
+                    done(SendResult(item.path, None, f"{reason} by {self.host}:{self.port}"))
+                return
+            try:
+                remaining = self._send_on(assoc, remaining, done)
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+            if remaining and reopened:
+                for item in remaining:
+                    done(SendResult(item.path, None, "association aborted twice"))
+                return
+            reopened = True
 
     def _send_on(
         self, assoc: Association, items: list[_Outgoing], done: Callable[[SendResult], None]

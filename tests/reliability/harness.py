@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import socket
 import signal
@@ -406,6 +407,10 @@ class Gate:
 # --- instances and resending senders --------------------------------------------------------
 
 
+_SEEDS = itertools.count(100_000, 10_000)
+"""Picture seeds of batches that did not ask for their own: distinct pictures, distinct codes."""
+
+
 @dataclass(frozen=True)
 class Batch:
     """Synthetic Secondary Captures written to disk, one distinct picture each."""
@@ -415,7 +420,11 @@ class Batch:
     patient_id: str
 
     @classmethod
-    def make(cls, folder: Path, count: int, first_seed: int, patient_id: str = "RELIABILITY") -> Batch:
+    def make(cls, folder: Path, count: int, first_seed: int | None = None,
+             patient_id: str = "RELIABILITY") -> Batch:
+        """``count`` pictures; seeds from ``first_seed`` or else never used before in this run."""
+        if first_seed is None:
+            first_seed = next(_SEEDS)
         ids = StudyIds.new(patient_id=patient_id)
         paths: list[Path] = []
         uids: dict[Path, str] = {}

@@ -37,7 +37,7 @@ PATIENT_ID = "PAT-RELIABILITY-SECRET-0042"
 
 
 def test_only_allowed_calling_ae_titles_may_associate(healthy: Deployment, tmp_path: Path) -> None:
-    batch = Batch.make(tmp_path, 2, 70_000)
+    batch = Batch.make(tmp_path, 2)
     rows = len(healthy.catalog.all_instances())
     assert echo(healthy.dicom_port, ALLOWED_AE)
     for intruder in ("INTRUDER", "MEDHASH_SCU2", "medhash_scu", ""):
@@ -53,7 +53,7 @@ def test_only_allowed_calling_ae_titles_may_associate(healthy: Deployment, tmp_p
 
 
 def test_search_wants_the_api_key_on_every_v1_route(healthy: Deployment, tmp_path: Path) -> None:
-    uid = next(iter(ingest(healthy, Batch.make(tmp_path, 1, 71_000), senders=1).stored_uids))
+    uid = next(iter(ingest(healthy, Batch.make(tmp_path, 1), senders=1).stored_uids))
     healthy.wait_final([uid])
     healthy.wait_loaded()
     routes = [("GET", "/v1/stats", {}), ("GET", f"/v1/instances/{uid}", {}),
@@ -72,7 +72,7 @@ def test_search_wants_the_api_key_on_every_v1_route(healthy: Deployment, tmp_pat
 
 
 def test_results_carry_no_patient_data(healthy: Deployment, tmp_path: Path) -> None:
-    batch = Batch.make(tmp_path, 3, 72_000, patient_id=PATIENT_ID)
+    batch = Batch.make(tmp_path, 3, patient_id=PATIENT_ID)
     uids = ingest(healthy, batch, senders=1).stored_uids
     healthy.wait_final(uids)
     healthy.wait_loaded()
@@ -128,7 +128,7 @@ def test_dicom_over_mutual_tls_feeds_the_pipeline(healthy: Deployment, tls_liste
             tls.load_cert_chain(tls_material["client_cert"], tls_material["client_key"])
         return tls
 
-    batch = Batch.make(tmp_path, 2, 73_000)
+    batch = Batch.make(tmp_path, 2)
     rows = len(healthy.catalog.all_instances())
     refused = {
         "no client certificate": Sender("localhost", tls_listener, "MEDHASH", ALLOWED_AE, tls=context(False)),

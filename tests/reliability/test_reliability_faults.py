@@ -5,8 +5,7 @@ senders that behave like a PACS router (a failure or a broken association: back 
 and hits the deployment with real faults while they send: ``kill -9`` of the listener, a
 CPU worker, the encode worker or the indexer (each relaunched), a Redis restart that loses
 every queued message, PostgreSQL stopped for a while, S3 unreachable (connection refused)
-for as long. Each fault alone, then
-all of them in one ingest. Afterwards :func:`~tests.reliability.harness.audit` checks the end
+for as long. Each fault alone, then all of them in one ingest. Afterwards :func:`~tests.reliability.harness.audit` checks the end
 state: every instance answered Success is indexed, exactly once, with catalog and object
 store in agreement, and every file whose sender saw a failure was stored on a resend.
 
@@ -17,7 +16,6 @@ Sizes (CI): 40 instances per single fault, 200 for the mixed run, outages of 10 
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Callable
@@ -41,8 +39,6 @@ SINGLE_FAULT_INSTANCES = scaled(40, minimum=8)
 MIXED_INSTANCES = scaled(200, minimum=20)
 SENDERS = 4
 
-_seeds = itertools.count(10_000, 10_000)
-"""Each batch its own pictures (distinct codes), so no two instances of a run collide."""
 
 
 @dataclass
@@ -150,7 +146,7 @@ def run_with_fault(deployment: Deployment, servers: Servers, batch: Batch, fault
 @pytest.mark.parametrize("name", list(SINGLE_FAULTS))
 def test_single_fault_during_ingest(healthy: Deployment, servers: Servers, tmp_path: Path, name: str) -> None:
     fault, senders_notice, tolerated = SINGLE_FAULTS[name]
-    batch = Batch.make(tmp_path, SINGLE_FAULT_INSTANCES, next(_seeds))
+    batch = Batch.make(tmp_path, SINGLE_FAULT_INSTANCES)
     run = run_with_fault(healthy, servers, batch, fault, name, tolerated)
     if senders_notice:
         # the fault really hit the senders, and each file that failed was stored on a resend
@@ -158,7 +154,7 @@ def test_single_fault_during_ingest(healthy: Deployment, servers: Servers, tmp_p
 
 
 def test_every_fault_in_one_ingest(healthy: Deployment, servers: Servers, tmp_path: Path) -> None:
-    batch = Batch.make(tmp_path, MIXED_INSTANCES, next(_seeds))
+    batch = Batch.make(tmp_path, MIXED_INSTANCES)
     run = run_with_fault(healthy, servers, batch, MIXED, "mixed", CELERY_WORKERS)
     assert run.resent > 0
     # the whole study sent again, as a PACS does when unsure: Success at once, nothing new

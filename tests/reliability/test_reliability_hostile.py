@@ -178,27 +178,49 @@ datasets = st.one_of(
 )
 
 
+KNOWN_NUL_BUG = "PostgreSQL text fields cannot contain NUL (0x00) bytes"
+"""The listener's log line for the bug ``test_a_nul_inside_a_uid_is_stored_like_any_invalid_uid``
+pins down; the fuzzer finds it too (a mutation that puts a NUL inside a UID)."""
+
+
+def hit_known_nul_bug(deployment: Deployment, log_offset: int) -> bool:
+    """True if the listener logged the known NUL bug since ``log_offset``; then removes the raw
+    object it left without a catalog row, so the other checks (and tests) still see a clean store."""
+    log = (deployment.stack.log_dir / "listener.log").read_bytes()[log_offset:]
+    if KNOWN_NUL_BUG.encode() not in log:
+        return False
+    recorded = {row.object_key for row in deployment.catalog.all_instances()}
+    for key in deployment.store.list("raw/"):
+        if key not in recorded:
+            deployment.store.delete(key)
+    return True
+
+
 def test_fuzzed_datasets_over_a_real_association(deployment: Deployment, tmp_path: Path) -> None:
     exits = len(deployment.exits)
     stored: list[str] = []
     statuses: dict[str, int] = {}
+    known_bug_hits: list[str] = []
 
     @FUZZ
     @given(dataset=datasets)
     def check(dataset: bytes) -> None:
         path, uid = part10_with(tmp_path, dataset)
+        log_offset = (deployment.stack.log_dir / "listener.log").stat().st_size
         result, = deployment.sender().send([path])
         assert result.status is not None, f"no answer: {result.reason}"
         statuses[f"0x{result.status:04X}"] = statuses.get(f"0x{result.status:04X}", 0) + 1
         row = deployment.catalog.current(uid)
-        if result.stored:
+        if result.status == 0xC211 and hit_known_nul_bug(deployment, log_offset):
+            known_bug_hits.append(uid)  # an exception escaped the C-STORE handler: the known bug
+        elif result.stored:
             assert row is not None, "Success without a catalog row"
             header = read_header(deployment.store.get(row.object_key))
             clean_uid(header.sop_class_uid)  # readable, or this raises: unparseable stored
             clean_uid(header.sop_instance_uid)
             stored.append(uid)
         else:
-            assert 0xC000 <= result.status <= 0xCFFF, f"not a 'cannot understand' failure: {result.reason}"
+            assert result.status == 0xC000, f"not 'cannot understand': {result.reason}"
             assert row is None, "refused, yet recorded"
         assert echo(deployment.dicom_port)
 
@@ -210,6 +232,9 @@ def test_fuzzed_datasets_over_a_real_association(deployment: Deployment, tmp_pat
         print(f"[hostile] stored fuzzed instances ended {sorted(s.value for s in states.values())}")
     deployment.assert_no_exit_since(exits)
     audit(deployment, stored)
+    if known_bug_hits:  # everything else held; say so without hiding the bug
+        pytest.xfail(f"{len(known_bug_hits)} example(s) hit the known NUL bug (0xC211, orphaned raw "
+                     "object); see test_a_nul_inside_a_uid_is_stored_like_any_invalid_uid")
 
 
 # --- UIDs crafted to escape object keys, end to end ------------------------------------------------
@@ -254,10 +279,6 @@ def test_crafted_uids_never_steer_an_object_key(deployment: Deployment, tmp_path
     deployment.assert_no_exit_since(exits)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a NUL inside a UID (or any text the catalog keeps) makes PostgreSQL raise DataError, "
-    "which shared/catalog/db.py does not map to CatalogUnavailable: the C-STORE handler raises "
-    "(pynetdicom answers 0xC211) and shared/ingest.py leaves the raw object without a row"))
 def test_a_nul_inside_a_uid_is_stored_like_any_invalid_uid(deployment: Deployment, tmp_path: Path) -> None:
     exits = len(deployment.exits)
     ds = make_secondary_capture(StudyIds("PAT", "1.2.3\x00/../x", "1.2.3.4"), 1, picture(990, PICTURE_SIDE))
@@ -327,9 +348,10 @@ HOSTILE_UPLOADS: list[tuple[str, dict[str, Any], int, str]] = [
     ("PNG header claiming 50000x50000", file(png_claiming(50_000, 50_000), "image/png"), 400, "pixels"),
     ("genuine 12000x12000 zlib-bomb PNG", file(zlib_bomb_png(12_000), "image/png"), 400, "larger than"),
     ("over the upload limit", file(os.urandom(2_100_000)), 413, "limit"),
-    ("over the limit, no Content-Length", {"content": iter([b"x" * 500_000] * 5),
-                                           "headers": {"content-type": "multipart/form-data; boundary=b"}},
-     413, "limit"),
+    ("over the limit, no Content-Length", {"content": iter([
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n", *[b"x" * 500_000] * 5]),
+        "headers": {"content-type": "multipart/form-data; boundary=b"}}, 413, "limit"),
     ("bad JSON", {"content": b'{"sop_instance_uid": ', "headers": {"content-type": "application/json"}},
      422, "not valid JSON"),
     ("JSON of the wrong shape", {"json": ["1.2.3"]}, 422, "invalid search request"),
@@ -362,9 +384,6 @@ def test_hostile_search_uploads_get_a_clear_4xx(deployment: Deployment) -> None:
     deployment.assert_no_exit_since(exits)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: DICOM uploads to /v1/search are not bounded like pictures (MAX_QUERY_PIXELS applies to "
-    "PNG/JPEG only, shared/encode.py query_slices): a deflated DICOM inflates and decodes in full"))
 def test_deflated_dicom_bomb_upload_is_refused(deployment: Deployment) -> None:
     exits = len(deployment.exits)
     bomb = deflated_dicom_bomb(8_500)  # 72 MP (the PNG limit is 64 MP), 72 MB inflated, ~70 KB uploaded
