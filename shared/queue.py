@@ -30,7 +30,7 @@ class Stage(StrEnum):
         return f"medhash.{self.value}"
 
 
-Handler = Callable[[int], None]
+Handler = Callable[[int], object]  # a stage returns the state it reached; the queue ignores it
 
 
 class Dispatcher(Protocol):

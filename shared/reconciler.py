@@ -56,8 +56,8 @@ class Reconciler:
                 )
                 resent += 1
         clean_stable_series(self.catalog, self.thresholds, self.settings.series_stable_s)
-        for state, count in self.catalog.counts_by_state().items():
-            INSTANCES.labels(state=state).set(count)
+        for state_name, count in self.catalog.counts_by_state().items():
+            INSTANCES.labels(state=state_name).set(count)
         return resent
 
     def _loop(self) -> None:
