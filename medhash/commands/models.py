@@ -110,6 +110,7 @@ def evaluate(
         db_set, q_set = split_folder(split_of, size, seed=seed, per_class=per_class)
         source = {"split_of": str(split_of), "seed": seed, "per_class": per_class}
     elif database is not None and queries is not None:
+        database, queries = Path(database), Path(queries)  # also when called with str, as bench/ does
         names = sorted({p.name for d in (database, queries) for p in d.iterdir() if p.is_dir()})
         db_set, q_set = load_folder(database, size, names), load_folder(queries, size, names)
         source = {"database": str(database), "queries": str(queries)}
