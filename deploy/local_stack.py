@@ -4,7 +4,8 @@
 
 starts the listener, the search service, the indexer, the reconciler, two preprocess (CPU)
 workers and one encode worker, exactly the processes docker-compose.yml and the Kubernetes
-manifests run, and stops them all on Ctrl-C. The integration tests use :class:`LocalStack`
+manifests run, restarts any that exits (as their restart policies do), and stops them all on
+Ctrl-C. The integration tests use :class:`LocalStack`
 to run the same topology against the PostgreSQL, Redis and S3 servers they start.
 """
 
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -45,16 +47,43 @@ class LocalStack:
 
     def start(self, timeout_s: float = 120.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        metrics_base = int(self.env.get("MEDHASH_METRICS_PORT", "9108"))
-        for number, (name, args) in enumerate(PROCESSES.items()):
-            # one host, several exporters: each process gets its own metrics port
-            env = {**self.env, "MEDHASH_METRICS_PORT": str(metrics_base + number if metrics_base else 0)}
-            with (self.log_dir / f"{name}.log").open("ab") as log:
-                self.processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", "medhash.cli", *args], env=env,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                )
+        for name in PROCESSES:
+            self.spawn(name)
         self.wait_for_search(timeout_s)
+
+    def spawn(self, name: str, note: str = "") -> None:
+        """Start (or start again) one of :data:`PROCESSES`, appending to its log."""
+        # one host, several exporters: each process gets its own metrics port (0 = off)
+        metrics_base = int(self.env.get("MEDHASH_METRICS_PORT", "9108"))
+        number = list(PROCESSES).index(name)
+        env = {**self.env, "MEDHASH_METRICS_PORT": str(metrics_base + number if metrics_base else 0)}
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            if note:
+                log.write(f"\n--- {note} {time.strftime('%H:%M:%S')}\n".encode())
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "medhash.cli", *PROCESSES[name]], env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def supervise(self, stop: threading.Event, poll_s: float = 1.0, backoff_s: float = 5.0) -> None:
+        """Restart any process that exits until ``stop`` is set, as docker-compose's
+        ``restart: unless-stopped`` and a Kubernetes Deployment do.
+
+        Why: Celery's threads-pool workers (encode, indexer) can exit on a Redis restart
+        (a kombu AttributeError while restoring unacknowledged messages) and a worker may
+        die of anything else; nothing is lost (the reconciler re-sends), but without a
+        supervisor that stage would stay down. ``backoff_s`` spaces restarts of a process
+        that keeps failing (e.g. the catalog is down at start-up).
+        """
+        last_start: dict[str, float] = {}
+        while not stop.wait(poll_s):
+            for name, process in list(self.processes.items()):
+                if process.poll() is None or time.monotonic() - last_start.get(name, -backoff_s) < backoff_s:
+                    continue
+                print(f"{name} exited with {process.returncode}; restarting (log: {self.log_dir / name}.log)",
+                      file=sys.stderr, flush=True)
+                last_start[name] = time.monotonic()
+                self.spawn(name, note=f"restarted after exit code {process.returncode}")
 
     def wait_for_search(self, timeout_s: float) -> None:
         """Until the search service answers and the DICOM port accepts connections."""
@@ -112,9 +141,14 @@ def main() -> None:
     stack = LocalStack(env, Path(os.environ.get("MEDHASH_STACK_LOGS", "medhash-stack-logs")))
     stack.start()
     print(f"medhash stack up: search on :{env['MEDHASH_HTTP_PORT']}, logs in {stack.log_dir}; Ctrl-C stops it")
+    stop = threading.Event()
+    supervisor = threading.Thread(target=stack.supervise, args=(stop,), name="supervisor", daemon=True)
+    supervisor.start()
     try:
         wait_for_signal()
     finally:
+        stop.set()
+        supervisor.join()
         stack.stop()
 
 

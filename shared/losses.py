@@ -58,6 +58,9 @@ def _normalized_sq_dist(codes: torch.Tensor) -> torch.Tensor:
     return (2.0 - 2.0 * z @ z.T).clamp_min(0.0)
 
 
+TRIPLET_MINING = ("semihard", "hard", "all")
+
+
 def mined_triplet(
     codes: torch.Tensor, labels: torch.Tensor, margin: float = 0.5, mining: str = "semihard"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,8 +82,8 @@ def mined_triplet(
     negative index, mask of such anchors); the indices let DAFH apply focal loss to the
     mined positives and negatives as its objective prescribes.
     """
-    if mining not in ("semihard", "hard"):
-        raise ValueError(f"mining must be 'semihard' or 'hard', not {mining!r}")
+    if mining not in TRIPLET_MINING:
+        raise ValueError(f"mining must be one of {TRIPLET_MINING}, not {mining!r}")
     dist = _normalized_sq_dist(codes)
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
@@ -91,6 +94,12 @@ def mined_triplet(
     pos_idx = dist.masked_fill(~pos_mask, -1.0).argmax(1)
     d_ap = dist[rows, pos_idx]
     neg_idx = dist.masked_fill(~neg_mask, float("inf")).argmin(1)
+    if mining == "all":
+        per_triplet = F.relu(dist[:, :, None] - dist[:, None, :] + margin)
+        per_triplet = per_triplet * (pos_mask[:, :, None] & neg_mask[:, None, :])
+        active = per_triplet > 0
+        loss = per_triplet.sum() / active.sum() if active.any() else codes.sum() * 0.0
+        return loss, pos_idx, neg_idx, valid
     if mining == "semihard":
         farther = neg_mask & (dist > d_ap[:, None])
         semi = dist.masked_fill(~farther, float("inf")).argmin(1)

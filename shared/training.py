@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from shared.checkpoint import save_checkpoint
 from shared.datasets import DEFAULT_NORMALIZATION, Augmenter, ImageSet, balanced_batches, to_model_input
 from shared.models import HashModel, create_criterion, create_model, resolve_name
 
-__all__ = ["TrainConfig", "TrainResult", "resolve_device", "fit", "recalibrate_batchnorm"]
+__all__ = ["TrainConfig", "TrainResult", "LR_SCHEDULES", "learning_rate", "resolve_device", "fit", "recalibrate_batchnorm"]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TrainConfig:
     backbone: str | None = None
     batch_size: int = 32
     lr: float = 1e-4
+    lr_schedule: str = "constant"
     weight_decay: float = 1e-4
     seed: int = 0
     pretrained: bool = False
@@ -55,6 +57,24 @@ class TrainResult:
     model: HashModel
     version: str
     epoch_losses: list[float]
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The rate for optimiser step ``step`` (0-based) of ``total_steps``.
+
+    "cosine" decays from ``lr`` to 0 over the run (Loshchilov & Hutter 2017, no restarts):
+    with a budget of a few epochs the last steps at full rate leave the weights, and so the
+    codes, wherever the last noisy batches put them. A pure function of the step, so a run
+    resumed with the same ``epochs`` continues on the same curve.
+    """
+    if config.lr_schedule == "constant":
+        return config.lr
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {config.lr_schedule!r}")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -129,6 +149,7 @@ def fit(
     epoch, sampler RNG) up to ``config.epochs``; its method, backbone and bits must match.
     """
     out = Path(out)
+    learning_rate(config, 0, 1)  # refuse an unknown schedule before any work
     dev = resolve_device(device)
     config.method = resolve_name(config.method)
     gen = _seed_everything(config.seed)
@@ -172,6 +193,8 @@ def fit(
         for epoch in range(start_epoch, config.epochs):
             total = 0.0
             for idx in balanced_batches(train_set.labels, config.batch_size, gen):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step, config.epochs * steps_per_epoch)
                 x = _batches(train_set, idx, augmenter, gen, dev)
                 y = train_set.labels[idx].to(dev)
                 ctx = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()

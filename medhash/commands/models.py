@@ -27,6 +27,7 @@ def train(
     backbone: Annotated[str | None, typer.Option(help="timm model name; default per method.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per class-balanced batch.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    lr_schedule: Annotated[str, typer.Option(help="constant, or cosine decay to 0 over the run.")] = "constant",
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 1e-4,
     seed: Annotated[int, typer.Option(help="Seed of weights, batches, augmentation (and split).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -42,6 +43,8 @@ def train(
     fusion: Annotated[bool, typer.Option(help="DAFH: inter-layer fusion (ablation LF).")] = True,
     ptanh: Annotated[bool, typer.Option(help="DAFH: learnable-alpha tanh (ablation Ptanh).")] = True,
     beta: Annotated[float, typer.Option(help="DAFH: weight of the triplet loss.")] = 1.0,
+    triplet_mining: Annotated[str, typer.Option(
+        help="DAFH: in-batch triplets: semihard (FaceNet), hard (batch-hard) or all (batch-all).")] = "semihard",
     c2l_epochs: Annotated[int, typer.Option(help="Saliency fusion: epochs of C2L pre-training.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     augment: Annotated[bool, typer.Option(help="Noise/blur/brightness/rotation/scaling augmentation.")] = True,
@@ -60,7 +63,7 @@ def train(
     loss_kwargs: dict[str, Any] = {}
     if method == "dafh":
         model_kwargs = {"attention": attention, "fusion": fusion, "ptanh": ptanh}
-        loss_kwargs = {"beta": beta}
+        loss_kwargs = {"beta": beta, "mining": triplet_mining}
     elif not (attention and fusion and ptanh):
         raise typer.BadParameter("--no-attention/--no-fusion/--no-ptanh apply to dafh only")
     if split_seed is not None:
@@ -70,7 +73,7 @@ def train(
         if per_class is not None:
             train_set = train_set.subset(balanced_subset(train_set.labels, per_class, seed))
     config = TrainConfig(method=method, bits=bits, epochs=epochs, image_size=image_size, backbone=backbone,
-                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, pretrained=pretrained,
+                         batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, weight_decay=weight_decay, seed=seed, pretrained=pretrained,
                          augment=augment, model_kwargs=model_kwargs, loss_kwargs=loss_kwargs, c2l_epochs=c2l_epochs)
     console.print(f"training {method} ({bits} bits) on {len(train_set)} images, {len(train_set.class_names)} classes")
     t0 = time.time()

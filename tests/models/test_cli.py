@@ -1,6 +1,7 @@
 """`medhash train` / `medhash evaluate` end to end on a tiny folder of PNGs, through typer."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def test_train_resume_and_evaluate_end_to_end(tmp_path: Path) -> None:
     runner = CliRunner()
     common = ["--method", "dafh", "--bits", "16", "--image-size", "32", "--backbone", "efficientnet_b0",
               "--batch-size", "12", "--out", str(model), "--device", "cpu", "--threads", "1"]
-    r = runner.invoke(app, ["train", str(data), "--epochs", "1", "--log-dir", str(tmp_path / "log"), *common])
+    r = runner.invoke(app, ["train", str(data), "--epochs", "1", "--log-dir", str(tmp_path / "log"),
+                            "--lr-schedule", "cosine", "--triplet-mining", "all", *common])
     assert r.exit_code == 0, r.output
     assert torch.load(model, weights_only=True)["training_state"]["epoch"] == 1
     r = runner.invoke(app, ["train", str(data), "--epochs", "2", "--resume", str(model), *common])
@@ -28,6 +30,8 @@ def test_train_resume_and_evaluate_end_to_end(tmp_path: Path) -> None:
     assert torch.load(model, weights_only=True)["training_state"]["epoch"] == 2
     rows = (tmp_path / "log" / "train_log.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step,loss") and len(rows) == 1 + 3  # 30 images / 12 -> 3 steps
+    lrs = [float(row["lr"]) for row in csv.DictReader(rows)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[1] == pytest.approx(0.75e-4)  # cosine over 3 steps
 
     out = tmp_path / "eval.json"
     r = runner.invoke(app, ["evaluate", str(model), "--database", str(data), "--queries", str(data),

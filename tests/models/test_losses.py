@@ -50,6 +50,25 @@ def test_semihard_triplet_hand_value() -> None:
     assert pos[0].item() == 1 and neg[0].item() == 2
 
 
+def test_batch_all_triplet_hand_value() -> None:
+    # the 2-bit square again (d = 2 * hamming): each anchor has one positive at d = 2 and
+    # negatives at 2 and 4 -> triplet losses relu(2 - 2 + 0.5) = 0.5 and relu(2 - 4 + 0.5) = 0;
+    # batch-all averages over the active (non-zero) triplets: 4 x 0.5 / 4 = 0.5
+    codes = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0], [-1.0, 1.0]])
+    loss, _, _, valid = mined_triplet(codes, torch.tensor([0, 0, 1, 1]), margin=0.5, mining="all")
+    assert loss.item() == pytest.approx(0.5, abs=1e-6) and valid.all()
+    # margin 2.5: both negatives active: relu(2 - 2 + 2.5) = 2.5 and relu(2 - 4 + 2.5) = 0.5 -> mean 1.5
+    assert mined_triplet(codes, torch.tensor([0, 0, 1, 1]), 2.5, "all")[0].item() == pytest.approx(1.5, abs=1e-6)
+    separated = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0], [-1.0, -1.0]])
+    zero = mined_triplet(separated, torch.tensor([0, 0, 1, 1]), 0.5, "all")[0]
+    assert zero.item() == 0.0
+
+
+def test_unknown_mining_is_refused() -> None:
+    with pytest.raises(ValueError, match="mining must be one of"):
+        mined_triplet(torch.ones(2, 2), torch.tensor([0, 1]), mining="random")
+
+
 def test_triplet_ignores_anchors_without_positive() -> None:
     codes = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])
     loss, _, _, valid = mined_triplet(codes, torch.tensor([0, 0, 1]), margin=0.5, mining="hard")

@@ -175,14 +175,7 @@ class Deployment:
             self._planned_down.discard(name)
 
     def _spawn(self, name: str) -> None:
-        # LocalStack.start's per-process environment; the tests run with metrics off (port 0)
-        env = {**self.stack.env, "MEDHASH_METRICS_PORT": "0"}
-        with (self.stack.log_dir / f"{name}.log").open("ab") as log:
-            log.write(f"\n--- relaunched {time.strftime('%H:%M:%S')}\n".encode())
-            self.stack.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "medhash.cli", *PROCESSES[name]], env=env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        self.stack.spawn(name, note="relaunched")
 
     def recover(self) -> None:
         """Relaunch whatever a test killed and did not relaunch (it failed mid-fault)."""
