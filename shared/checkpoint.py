@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -105,14 +105,31 @@ class LoadedCheckpoint:
     def class_names(self) -> list[str]:
         return list(self.meta["class_names"])
 
-    def encode(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """Packed codes for greyscale uint8 images already at ``image_size`` (B, 1, S, S)."""
+    def _inputs(self, images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        """Model-ready batches of greyscale uint8 images (B, 1, S, S) on the model's device."""
         device = next(self.model.parameters()).device
         fmt = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-        chunks = [self.model.encode(to_model_input(images[i:i + batch_size].to(device), self.meta["normalization"])
-                                    .contiguous(memory_format=fmt))
-                  for i in range(0, len(images), batch_size)]
+        for i in range(0, len(images), batch_size):
+            batch = to_model_input(images[i:i + batch_size].to(device), self.meta["normalization"])
+            yield batch.contiguous(memory_format=fmt)
+
+    def encode(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Packed codes for greyscale uint8 images already at ``image_size`` (B, 1, S, S)."""
+        chunks = [self.model.encode(batch) for batch in self._inputs(images, batch_size)]
         return np.concatenate(chunks) if chunks else np.zeros((0, (self.model.bits + 7) // 8), np.uint8)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray | None:
+        """The model's own classifier's top-1 class per image, or None for methods without
+        one. Why: for DAFH and saliency fusion it separates "the backbone has not learned the
+        classes" from "the hash layer lags the features it is given" (docs/results.md)."""
+        predictions = []
+        for batch in self._inputs(images, batch_size):
+            logits = self.model(batch).logits
+            if logits is None:
+                return None
+            predictions.append(logits.argmax(1).cpu().numpy())
+        return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
 
     def encode_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Packed codes for arbitrary 2-D slices (any dtype/size): min-max to uint8, resize."""

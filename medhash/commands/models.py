@@ -98,6 +98,8 @@ def evaluate(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
 ) -> None:
     """Encode database and queries, compute mAP@1/@10/@100/all and the rest, write JSON."""
+    import numpy as np
+
     from shared.checkpoint import load_checkpoint, update_metrics
     from shared.datasets import load_folder, split_folder
     from shared.evaluation import retrieval_metrics, save_report
@@ -124,13 +126,16 @@ def evaluate(
     encode_s = time.time() - t0
     metrics = retrieval_metrics(q_codes, q_set.labels.numpy(), db_codes, db_set.labels.numpy(),
                                 db_set.class_names, tie_aware=tie_aware)
+    predicted = ckpt.predict(q_set.images)
+    if predicted is not None:  # DAFH, saliency fusion: how far the backbone itself got
+        metrics["classifier_top1"] = float(np.mean(predicted == q_set.labels.numpy()))
     metrics.update({"model": str(model), "model_version": ckpt.version, "method": ckpt.meta["method"],
                     "backbone": ckpt.meta["backbone"], "image_size": size, "encode_seconds": round(encode_s, 2),
                     "data": source})
     save_report(metrics, json_out, plots)
     update_metrics(model, {k: metrics[k] for k in metrics if k.startswith(("map", "tie_aware_"))} | {"data": source})
     console.print(json.dumps({k: round(v, 4) for k, v in metrics.items()
-                              if k.startswith(("map", "tie_aware_map")) and isinstance(v, float)}))
+                              if k.startswith(("map", "tie_aware_map", "classifier")) and isinstance(v, float)}))
 
 
 app.command()(train)

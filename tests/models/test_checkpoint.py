@@ -48,3 +48,22 @@ def test_tampered_weights_are_rejected(tmp_path: Path) -> None:
     torch.save(payload, path)
     with pytest.raises(ValueError, match="version"):
         load_checkpoint(path)
+
+
+def test_predict_uses_the_models_own_classifier(tmp_path: Path) -> None:
+    data = synthetic_set(num_classes=4, per_class=3, size=32)
+    for method, has_classifier in (("dafh", True), ("dsh", False)):
+        torch.manual_seed(0)
+        model = create_model(method, backbone="efficientnet_b0", bits=16, num_classes=4, image_size=32)
+        path = tmp_path / f"{method}.pt"
+        save_checkpoint(path, model, ["a", "b", "c", "d"], DEFAULT_NORMALIZATION, {"epochs": 1})
+        loaded = load_checkpoint(path)
+        predicted = loaded.predict(data.images, batch_size=5)  # batches of 5, 5, 2
+        if not has_classifier:
+            assert predicted is None
+            continue
+        assert predicted is not None and predicted.shape == (12,)
+        with torch.no_grad():
+            batch = torch.cat(list(loaded._inputs(data.images, 12)))
+            expected = loaded.model(batch).logits.argmax(1).numpy()
+        assert np.array_equal(predicted, expected)

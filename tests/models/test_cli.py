@@ -38,7 +38,8 @@ def test_train_resume_and_evaluate_end_to_end(tmp_path: Path) -> None:
                             "--json", str(out), "--plots", str(tmp_path / "plots"), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     metrics = json.loads(out.read_text())
-    for key in ("map@1", "map@10", "map@100", "map", "tie_aware_map@10", "precision@10", "per_class"):
+    for key in ("map@1", "map@10", "map@100", "map", "tie_aware_map@10", "precision@10", "per_class",
+                "classifier_top1"):  # dafh has a classifier
         assert key in metrics
     assert 0.0 <= metrics["map@1"] <= 1.0 and metrics["num_queries"] == 30
     assert (tmp_path / "plots" / "pr_curve.png").exists()
