@@ -184,8 +184,10 @@ def fit(
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     log = _StepLog(Path(log_dir) if log_dir else None, tensorboard)
-    bar = tqdm(total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, disable=not progress,
-               desc=f"{config.method}/{config.bits}b", unit="step", dynamic_ncols=True)
+    # ``disable`` only when asked: passing False would override tqdm's TQDM_DISABLE variable
+    bar = tqdm(total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+               desc=f"{config.method}/{config.bits}b", unit="step", dynamic_ncols=True,
+               **({} if progress else {"disable": True}))
     t0 = last_save = time.time()
     version = ""
     model.train()
