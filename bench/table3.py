@@ -150,7 +150,7 @@ def run_job(job: Job, out: Path) -> str:
                                         _cli("evaluate", eval_pos, eval_args) + "\n")
     t0 = time.time()
     with open(folder / "run.log", "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-        train(train_pos, **train_args)
+        train(data=train_pos, **train_args)
         t_train = time.time() - t0
         evaluate(eval_pos, **eval_args)
     metrics = json.loads((folder / "eval.json").read_text())

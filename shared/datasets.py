@@ -13,7 +13,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ from PIL import Image
 __all__ = [
     "IMAGE_EXTENSIONS", "DEFAULT_NORMALIZATION", "ImageSet", "SliceSource", "read_image", "to_uint8",
     "load_folder", "load_labelled_slices", "stratified_split", "balanced_subset", "Augmenter",
-    "to_model_input", "balanced_batches", "resize_image", "split_folder", "list_folder",
+    "to_model_input", "balanced_batches", "resize_image", "split_folder", "split_set", "list_folder",
+    "LabelledImage",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
@@ -48,13 +49,17 @@ class ImageSet:
         return ImageSet(self.images[idx], self.labels[idx], self.class_names, [self.ids[i] for i in idx.tolist()])
 
 
-class SliceSource(Protocol):
-    """Anything yielding (slice uid, image array, {PatientID, StudyInstanceUID, SeriesInstanceUID}).
+LabelledImage = np.ndarray | Callable[[], np.ndarray]
+"""An image, or a function that loads it: sources of many slices load only the labelled ones."""
 
-    The catalog implements this later; tests use a list.
+
+class SliceSource(Protocol):
+    """Anything yielding (slice id, image, {PatientID, StudyInstanceUID, SeriesInstanceUID}).
+
+    :class:`shared.archive.CatalogSlices` is the catalog's; tests also use plain lists.
     """
 
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray, Mapping[str, str]]]: ...
+    def __iter__(self) -> Iterator[tuple[str, LabelledImage, Mapping[str, str]]]: ...
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
@@ -137,15 +142,18 @@ def load_folder(root: Path | str, image_size: int, class_names: Sequence[str] | 
     return _decode(paths, labels, names, Path(root), image_size)
 
 
-def load_labelled_slices(source: Iterable[tuple[str, np.ndarray, Mapping[str, str]]], labels_csv: Path | str,
+def load_labelled_slices(source: Iterable[tuple[str, LabelledImage, Mapping[str, str]]], labels_csv: Path | str,
                          image_size: int, label_column: str = "label") -> ImageSet:
     """Label catalog slices from a CSV keyed by PatientID, StudyInstanceUID or SeriesInstanceUID.
 
     Each CSV row names one UID column (others empty) and a label; a slice takes the label of
     its most specific match (series over study over patient), so a study-level label can be
-    overridden for one series. Slices without a match are skipped (unlabelled), and one UID
-    with two different labels is an error rather than a silent pick.
+    overridden for one series. Slices without a match are skipped (unlabelled, and never
+    loaded when the source gives a loader), and one UID with two different labels is an
+    error rather than a silent pick.
     """
+    if not Path(labels_csv).is_file():
+        raise FileNotFoundError(f"labels CSV {labels_csv} not found")
     table: dict[tuple[str, str], str] = {}
     with open(labels_csv, newline="") as fh:
         for row in csv.DictReader(fh):
@@ -164,7 +172,7 @@ def load_labelled_slices(source: Iterable[tuple[str, np.ndarray, Mapping[str, st
     for slice_uid, image, uids in source:
         label = next((table[(lv, uids[lv])] for lv in UID_LEVELS if uids.get(lv) and (lv, uids[lv]) in table), None)
         if label is not None:
-            images.append(resize_image(image, image_size))
+            images.append(resize_image(image() if callable(image) else image, image_size))
             labels.append(index[label])
             ids.append(slice_uid)
     if not images:
@@ -184,6 +192,14 @@ def split_folder(root: Path | str, image_size: int, seed: int = 0, fraction: flo
     first, second = stratified_split(labels[keep], fraction, seed)
     return tuple(_decode([paths[i] for i in keep[part]], labels[keep[part]], names, Path(root), image_size)
                  for part in (first, second))  # type: ignore[return-value]
+
+
+def split_set(data: ImageSet, seed: int = 0, fraction: float = 0.8, per_class: int | None = None
+              ) -> tuple[ImageSet, ImageSet]:
+    """``split_folder``'s protocol for a set already in memory (the catalog's labelled slices)."""
+    keep = balanced_subset(data.labels, per_class, seed) if per_class is not None else np.arange(len(data))
+    first, second = stratified_split(data.labels.numpy()[keep], fraction, seed)
+    return data.subset(keep[first]), data.subset(keep[second])
 
 
 def stratified_split(labels: torch.Tensor | np.ndarray, fraction: float = 0.8, seed: int = 0

@@ -47,9 +47,15 @@ class UnreadableQuery(ValueError):
     """An upload that is neither a DICOM instance with pixels nor a PNG/JPEG picture."""
 
 
+def unit_to_uint8(slice_: np.ndarray) -> np.ndarray:
+    """A stored [0, 1] slice as 8-bit grey at its own size: the fixed scale the model sees
+    (never min-max, which would undo the windowing the preprocess stage applied)."""
+    return np.round(np.clip(slice_, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def to_model_uint8(slice_: np.ndarray, size: int) -> np.ndarray:
     """A stored [0, 1] slice as the uint8 picture of the model's input size."""
-    grey = np.round(np.clip(slice_, 0.0, 1.0) * 255.0).astype(np.uint8)
+    grey = unit_to_uint8(slice_)
     return grey if grey.shape == (size, size) else resize_image(grey, size)
 
 

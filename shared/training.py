@@ -249,10 +249,13 @@ def recalibrate_batchnorm(model: HashModel, data: ImageSet, batch_size: int, dev
         bn.momentum = None  # None = cumulative average
     gen = torch.Generator().manual_seed(seed + 1)
     order = torch.randperm(len(data), generator=gen)[: max_batches * batch_size]
+    chunks = list(order.split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) < batch_size:
+        chunks.pop()  # drop_last: a 1-image remainder has no batch statistics to take
     model.train()
     with torch.no_grad():
-        for i in range(0, len(order), batch_size):
-            model(_batches(data, order[i:i + batch_size], None, gen, device))
+        for chunk in chunks:
+            model(_batches(data, chunk, None, gen, device))
     for bn, momentum in zip(norms, momenta):
         bn.momentum = momentum
 

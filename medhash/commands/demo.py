@@ -75,7 +75,7 @@ def demo(
                   f"{len(database)} database images")
     from medhash.commands.models import train
 
-    train(write_class_folders(database, work / "train"), out=model, method="dafh", bits=bits,
+    train(data=write_class_folders(database, work / "train"), out=model, method="dafh", bits=bits,
           backbone="efficientnet_b0",
           epochs=epochs, image_size=64, batch_size=32, lr=1e-3, device="auto", augment=False)
 

@@ -8,18 +8,25 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:  # torch-heavy; the commands import it when they run
+    from shared.datasets import ImageSet
 
 console = Console(stderr=True)
 app = typer.Typer(help="Train and evaluate hash models.", no_args_is_help=True)
 
 
 def train(
-    data: Annotated[Path, typer.Argument(help="Folder with a sub-folder of images per class.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint file to write (rewritten every epoch).")],
+    data: Annotated[Path | None, typer.Argument(
+        help="Folder with a sub-folder of images per class; omit it with --labels.")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="Train on the catalog's preprocessed slices (the MEDHASH_* settings name it) labelled by "
+             "this CSV: a label column and one of PatientID, StudyInstanceUID, SeriesInstanceUID.")] = None,
     method: Annotated[str, typer.Option(help="dafh, saliency_fusion (sf), hashnet, dsh, dpsh or dpn.")] = "dafh",
     bits: Annotated[int, typer.Option(help="Hash code length.")] = 32,
     epochs: Annotated[int, typer.Option(help="Training epochs (DAFH paper: 50).")] = 50,
@@ -49,8 +56,9 @@ def train(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     augment: Annotated[bool, typer.Option(help="Noise/blur/brightness/rotation/scaling augmentation.")] = True,
 ) -> None:
-    """Train a hashing method on a class-per-folder image set and write one checkpoint file."""
-    from shared.datasets import balanced_subset, load_folder, split_folder
+    """Train a hashing method on a class-per-folder image set (or the archive's labelled slices)
+    and write one checkpoint file."""
+    from shared.datasets import balanced_subset, load_folder, split_folder, split_set
     from shared.models import resolve_name
     from shared.training import TrainConfig, fit
 
@@ -66,10 +74,12 @@ def train(
         loss_kwargs = {"beta": beta, "mining": triplet_mining}
     elif not (attention and fusion and ptanh):
         raise typer.BadParameter("--no-attention/--no-fusion/--no-ptanh apply to dafh only")
+    source = _one_source(data, labels, image_size)
     if split_seed is not None:
-        train_set, _ = split_folder(data, image_size, seed=split_seed, per_class=per_class)
+        train_set = (split_folder(source, image_size, seed=split_seed, per_class=per_class)[0]
+                     if isinstance(source, Path) else split_set(source, split_seed, per_class=per_class)[0])
     else:
-        train_set = load_folder(data, image_size)
+        train_set = load_folder(source, image_size) if isinstance(source, Path) else source
         if per_class is not None:
             train_set = train_set.subset(balanced_subset(train_set.labels, per_class, seed))
     config = TrainConfig(method=method, bits=bits, epochs=epochs, image_size=image_size, backbone=backbone,
@@ -82,6 +92,28 @@ def train(
                   f"epoch losses {[round(v, 4) for v in result.epoch_losses]}")
 
 
+def _one_source(data: Path | None, labels: Path | None, image_size: int) -> Path | ImageSet:
+    """The folder to read, or the archive's labelled slices already loaded."""
+    if (data is None) == (labels is None):
+        raise typer.BadParameter("give a DATA folder or --labels CSV (the catalog's slices), not both")
+    if data is not None:
+        return data
+    from shared.archive import CatalogSlices
+    from shared.catalog import open_catalog
+    from shared.config import get_settings
+    from shared.datasets import load_labelled_slices
+    from shared.objectstore import open_object_store
+
+    settings = get_settings()
+    catalog = open_catalog(settings)
+    try:
+        images = load_labelled_slices(CatalogSlices(catalog, open_object_store(settings)), labels, image_size)
+    finally:
+        catalog.close()
+    console.print(f"archive: {len(images)} labelled slices from the catalog, classes {images.class_names}")
+    return images
+
+
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Checkpoint written by `medhash train`.")],
     json_out: Annotated[Path, typer.Option("--json", help="Write all metrics here (and a .md table beside).")],
@@ -90,6 +122,9 @@ def evaluate(
     split_of: Annotated[Path | None, typer.Option(
         help="Instead of --database/--queries: seeded stratified 8:2 split of one folder "
              "(80% database, 20% queries).")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="Instead of folders: the same 8:2 split of the catalog's slices labelled by this CSV "
+             "(what `train --labels CSV --split-seed S` trained on).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --split-of split.")] = 0,
     per_class: Annotated[int | None, typer.Option(help="With --split-of: class-balanced subset first.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Folder for PR curve, per-class AP, confusion PNGs.")] = None,
@@ -101,7 +136,7 @@ def evaluate(
     import numpy as np
 
     from shared.checkpoint import load_checkpoint, update_metrics
-    from shared.datasets import load_folder, split_folder
+    from shared.datasets import load_folder, split_folder, split_set
     from shared.evaluation import retrieval_metrics, save_report
     from shared.training import resolve_device
 
@@ -111,7 +146,12 @@ def evaluate(
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(model, device=resolve_device(device))
     size = ckpt.image_size
-    if split_of is not None:
+    if labels is not None:
+        archive = _one_source(None, labels, size)
+        assert not isinstance(archive, Path)
+        db_set, q_set = split_set(archive, seed, per_class=per_class)
+        source = {"labels": str(labels), "seed": seed, "per_class": per_class}
+    elif split_of is not None:
         db_set, q_set = split_folder(split_of, size, seed=seed, per_class=per_class)
         source = {"split_of": str(split_of), "seed": seed, "per_class": per_class}
     elif database is not None and queries is not None:
@@ -120,7 +160,7 @@ def evaluate(
         db_set, q_set = load_folder(database, size, names), load_folder(queries, size, names)
         source = {"database": str(database), "queries": str(queries)}
     else:
-        raise typer.BadParameter("give --database and --queries, or --split-of")
+        raise typer.BadParameter("give --database and --queries, --split-of, or --labels")
     t0 = time.time()
     db_codes, q_codes = ckpt.encode(db_set.images), ckpt.encode(q_set.images)
     encode_s = time.time() - t0

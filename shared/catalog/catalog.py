@@ -352,15 +352,15 @@ class Catalog:
             return {}
         marks = ", ".join("?" for _ in slice_ids)
         with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                "SELECT s.id, s.frame_index, s.excluded, s.object_key, i.sop_instance_uid, "
-                "i.sop_class_uid, i.study_instance_uid, i.series_instance_uid, i.modality, "
-                "i.body_part, i.patient_id, i.is_current FROM slices s "
-                f"JOIN instances i ON i.id = s.instance_id WHERE s.id IN ({marks})",
-                tuple(slice_ids),
-            )
-        return {int(row[0]): SliceDetail(int(row[0]), int(row[1]), bool(row[2]), *row[3:11],
-                                          bool(row[11])) for row in rows}
+            rows = tx.execute(f"{_SELECT_DETAIL} WHERE s.id IN ({marks})", tuple(slice_ids))
+        return {detail.slice_id: detail for detail in map(_slice_detail, rows)}
+
+    def training_slices(self) -> list[SliceDetail]:
+        """Every slice a model may learn from: kept by series cleaning, of the current
+        version of its instance, by slice id (so a seeded split is reproducible)."""
+        with self.database.transaction(write=False) as tx:
+            rows = tx.execute(f"{_SELECT_DETAIL} WHERE s.excluded = ? AND i.is_current ORDER BY s.id", (False,))
+        return [_slice_detail(row) for row in rows]
 
     def close(self) -> None:
         self.database.close()
@@ -391,6 +391,17 @@ class SliceDetail:
     body_part: str | None
     patient_id: str | None
     is_current: bool
+
+
+_SELECT_DETAIL = (
+    "SELECT s.id, s.frame_index, s.excluded, s.object_key, i.sop_instance_uid, i.sop_class_uid, "
+    "i.study_instance_uid, i.series_instance_uid, i.modality, i.body_part, i.patient_id, i.is_current "
+    "FROM slices s JOIN instances i ON i.id = s.instance_id"
+)
+
+
+def _slice_detail(row: Row) -> SliceDetail:
+    return SliceDetail(int(row[0]), int(row[1]), bool(row[2]), *row[3:11], bool(row[11]))
 
 
 @dataclass(frozen=True)
