@@ -23,8 +23,6 @@ from shared.objectstore import ObjectStore
 from shared.preprocess import PreprocessOptions, Preprocessor
 from shared.runtime import Runtime
 
-pytestmark = pytest.mark.unit
-
 
 @dataclass
 class ReadCounter:
@@ -48,11 +46,21 @@ class Archive:
 
 @pytest.fixture
 def archive(embedded_settings: Settings, tmp_path: Path) -> Iterator[Archive]:
+    yield from _archive(embedded_settings, tmp_path)
+
+
+@pytest.fixture
+def any_archive(any_settings: Settings, tmp_path: Path) -> Iterator[Archive]:
+    """The same on SQLite + folder and on PostgreSQL + S3."""
+    yield from _archive(any_settings, tmp_path)
+
+
+def _archive(settings: Settings, tmp_path: Path) -> Iterator[Archive]:
     """Three patients' CT series ingested and preprocessed; one slice excluded by cleaning."""
-    runtime = Runtime.from_settings(embedded_settings)
+    runtime = Runtime.from_settings(settings)
     ingestor = Ingestor(runtime.store, runtime.catalog, runtime.dispatcher)
     preprocessor = Preprocessor(runtime.store, runtime.catalog, runtime.dispatcher,
-                                PreprocessOptions.from_settings(embedded_settings))
+                                PreprocessOptions.from_settings(settings))
     series = {name: StudyIds.new(patient_id=f"PAT-{name}") for name in ("a", "b", "c")}
     for number, (name, ids) in enumerate(series.items()):
         for path in write_ct_series(tmp_path / name, 4 if name != "c" else 2, rows=48, columns=48,
@@ -67,7 +75,7 @@ def archive(embedded_settings: Settings, tmp_path: Path) -> Iterator[Archive]:
     assert len(slices_a) == 4
     runtime.catalog.record_series_cleaning(series["a"].series_instance_uid,
                                            [(s.id, "too dark" if i == 0 else None) for i, s in enumerate(slices_a)])
-    yield Archive(embedded_settings, runtime, series, slices_a[0].id)
+    yield Archive(settings, runtime, series, slices_a[0].id)
     runtime.close()
 
 
@@ -79,7 +87,9 @@ def labels_csv(path: Path, archive: Archive) -> Path:
     return path
 
 
-def test_catalog_slices_load_labelled_kept_slices_only(archive: Archive, tmp_path: Path) -> None:
+# embedded and distributed (the distributed run carries the integration mark)
+def test_catalog_slices_load_labelled_kept_slices_only(any_archive: Archive, tmp_path: Path) -> None:
+    archive = any_archive
     catalog, store = archive.runtime.catalog, archive.runtime.store
     reads = ReadCounter(store)
     data = load_labelled_slices(CatalogSlices(catalog, reads), labels_csv(tmp_path / "labels.csv", archive),  # type: ignore[arg-type]
@@ -95,6 +105,7 @@ def test_catalog_slices_load_labelled_kept_slices_only(archive: Archive, tmp_pat
         assert np.array_equal(image[0].numpy(), to_model_uint8(decode_slice(store.get(key)), 32))
 
 
+@pytest.mark.unit
 def test_train_and_evaluate_on_the_archive(archive: Archive, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDHASH_DATA_DIR", str(archive.settings.data_dir))
