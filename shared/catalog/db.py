@@ -141,6 +141,12 @@ class PostgresDatabase:
 
     Checking on checkout lets the pool recover by itself after the server restarts: dead
     connections are dropped and replaced rather than handed to a caller.
+
+    ``reconnect_timeout`` is the request timeout, not psycopg_pool's 5 minutes: a failed
+    reconnection is retried with exponential backoff until it gives up, so after a
+    10-second outage the next retry could be 8-16 s away and the first C-STORE after the
+    server is back would still time out (0xA700). Giving up within one request's timeout
+    lets the next request start a fresh attempt at once.
     """
 
     dialect: Dialect = "postgresql"
@@ -155,6 +161,7 @@ class PostgresDatabase:
             min_size=1,
             max_size=max_connections,
             timeout=timeout_s,
+            reconnect_timeout=timeout_s,
             check=ConnectionPool.check_connection,
             kwargs={"connect_timeout": max(1, int(timeout_s)), "autocommit": False},
             open=False,
