@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from shared.datasets import resize_image, to_model_input
-from shared.models import HashModel, create_model
+from shared.models import HashModel, create_model, pack_codes
 
 __all__ = ["FORMAT", "model_version", "save_checkpoint", "load_checkpoint", "update_metrics", "LoadedCheckpoint"]
 
@@ -119,17 +119,24 @@ class LoadedCheckpoint:
         return np.concatenate(chunks) if chunks else np.zeros((0, (self.model.bits + 7) // 8), np.uint8)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray | None:
-        """The model's own classifier's top-1 class per image, or None for methods without
-        one. Why: for DAFH and saliency fusion it separates "the backbone has not learned the
-        classes" from "the hash layer lags the features it is given" (docs/results.md)."""
-        predictions = []
+    def encode_and_predict(self, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+        """``encode`` plus, from the same forward pass, the model's own classifier's top-1
+        class per image (None for methods without one). Why: for DAFH and saliency fusion it
+        separates "the backbone has not learned the classes" from "the hash layer lags the
+        features it is given" (docs/results.md)."""
+        self.model.eval()
+        codes: list[np.ndarray] = []
+        predictions: list[np.ndarray] | None = []
         for batch in self._inputs(images, batch_size):
-            logits = self.model(batch).logits
-            if logits is None:
-                return None
-            predictions.append(logits.argmax(1).cpu().numpy())
-        return np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
+            output = self.model(batch)
+            codes.append(pack_codes(output.codes))
+            if output.logits is None or predictions is None:
+                predictions = None
+            else:
+                predictions.append(output.logits.argmax(1).cpu().numpy())
+        if not codes:
+            return np.zeros((0, (self.model.bits + 7) // 8), np.uint8), np.zeros(0, np.int64)
+        return np.concatenate(codes), None if predictions is None else np.concatenate(predictions)
 
     def encode_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Packed codes for arbitrary 2-D slices (any dtype/size): min-max to uint8, resize."""

@@ -188,18 +188,23 @@ def split_folder(root: Path | str, image_size: int, seed: int = 0, fraction: flo
     --split-of`` both go through here, so they agree on the split.
     """
     paths, labels, names = list_folder(root, None)
-    keep = balanced_subset(labels, per_class, seed) if per_class is not None else np.arange(len(labels))
-    first, second = stratified_split(labels[keep], fraction, seed)
-    return tuple(_decode([paths[i] for i in keep[part]], labels[keep[part]], names, Path(root), image_size)
-                 for part in (first, second))  # type: ignore[return-value]
+    return tuple(_decode([paths[i] for i in part], labels[part], names, Path(root), image_size)
+                 for part in _split_indices(labels, seed, fraction, per_class))  # type: ignore[return-value]
 
 
 def split_set(data: ImageSet, seed: int = 0, fraction: float = 0.8, per_class: int | None = None
               ) -> tuple[ImageSet, ImageSet]:
     """``split_folder``'s protocol for a set already in memory (the catalog's labelled slices)."""
-    keep = balanced_subset(data.labels, per_class, seed) if per_class is not None else np.arange(len(data))
-    first, second = stratified_split(data.labels.numpy()[keep], fraction, seed)
-    return data.subset(keep[first]), data.subset(keep[second])
+    first, second = _split_indices(data.labels.numpy(), seed, fraction, per_class)
+    return data.subset(first), data.subset(second)
+
+
+def _split_indices(labels: np.ndarray, seed: int, fraction: float, per_class: int | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the two parts: the optional seeded class-balanced subset, split stratified."""
+    keep = balanced_subset(labels, per_class, seed) if per_class is not None else np.arange(len(labels))
+    first, second = stratified_split(labels[keep], fraction, seed)
+    return keep[first], keep[second]
 
 
 def stratified_split(labels: torch.Tensor | np.ndarray, fraction: float = 0.8, seed: int = 0

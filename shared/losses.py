@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the models import their criteria from here; avoid the impor
     from shared.models.base import HashOutput
 
 __all__ = [
-    "LossOutput", "Criterion", "focal_loss", "mined_triplet", "similarity_matrix",
+    "LossOutput", "Criterion", "focal_loss", "mined_triplet", "triplet_distances", "similarity_matrix",
     "hashnet_loss", "dsh_loss", "dpsh_loss", "dpn_loss", "dpn_targets", "quantization_loss",
     "bit_balance_loss", "DAFHCriterion", "SaliencyFusionCriterion", "HashNetCriterion",
     "DSHCriterion", "DPSHCriterion", "DPNCriterion",
@@ -52,31 +52,52 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 1.5) -
     return (-(1.0 - p_t).pow(gamma) * logp_t).mean()
 
 
-def _normalized_sq_dist(codes: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distance between L2-normalised rows, in [0, 4]."""
+TRIPLET_MINING = ("semihard", "hard", "all", "random")
+TRIPLET_DISTANCES = ("normalized_sq", "euclidean")
+
+
+def triplet_distances(codes: torch.Tensor, distance: str = "normalized_sq") -> torch.Tensor:
+    """Pairwise distances between rows for the triplet loss.
+
+    ``normalized_sq``: FaceNet's squared Euclidean distance between L2-normalised rows, in
+    [0, 4]; for codes at +-1 it is 4 * Hamming / bits. ``euclidean``: the plain L2 distance
+    of Balntas et al. 2016, the triplet loss DAFH cites ([40]); for codes at +-1 it is
+    2 * sqrt(Hamming), so a fixed margin asks for fewer extra bits the longer the code.
+    """
+    if distance not in TRIPLET_DISTANCES:
+        raise ValueError(f"distance must be one of {TRIPLET_DISTANCES}, not {distance!r}")
+    if distance == "euclidean":
+        z = codes.float()
+        sq = (z * z).sum(1)
+        # the epsilon keeps sqrt's gradient finite on the (masked-out) zero diagonal
+        return (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min(0.0).add(1e-12).sqrt()
     z = F.normalize(codes.float(), dim=1)
     return (2.0 - 2.0 * z @ z.T).clamp_min(0.0)
 
 
-TRIPLET_MINING = ("semihard", "hard", "all")
-
-
 def mined_triplet(
-    codes: torch.Tensor, labels: torch.Tensor, margin: float = 0.5, mining: str = "semihard"
+    codes: torch.Tensor, labels: torch.Tensor, margin: float = 0.5, mining: str = "random",
+    distance: str = "normalized_sq",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triplet loss on hash codes with triplets mined inside the batch.
+    """Triplet loss on hash codes with triplets drawn inside the batch, every sample an anchor.
 
-    Every sample is an anchor and its positive is the farthest same-class sample (batch-hard,
-    Hermans et al. 2017). The negative is, with ``mining="semihard"`` (FaceNet, Schroff et al.
-    2015, DAFH's triplet reference), the closest other-class sample that is farther than the
-    positive, or the farthest negative when none is (as TensorFlow's semi-hard loss does);
-    with ``mining="hard"`` simply the closest negative. FaceNet reports that the hardest
-    negatives collapse the embedding early in training, and so they did here from scratch
-    (loss stuck at the margin with all codes equal), hence semi-hard by default.
+    ``mining`` chooses each anchor's positive and negative:
+      * ``random`` (default): any same-class sample and any other-class sample, drawn afresh
+        every batch. This is the paper's triplet (anchor, positive and negative fed side by
+        side through shared weights; no mining is named), and on a held-out part of the
+        brain-tumour training set it beat the mined variants below (docs/results.md).
+      * ``semihard``: batch-hard positive (the farthest, Hermans et al. 2017) and FaceNet's
+        semi-hard negative (Schroff et al. 2015): the closest other-class sample farther than
+        the positive, or the farthest negative when none is (as TensorFlow's loss does).
+      * ``hard``: batch-hard positive and the closest negative. FaceNet reports that the
+        hardest negatives collapse the embedding early in training, and so they did here from
+        scratch (loss stuck at the margin with all codes equal).
+      * ``all``: the mean over every active (anchor, positive, negative) of the batch.
 
-    The distance is FaceNet's: squared Euclidean between L2-normalised codes. For codes at
-    +-1 it equals 4 * Hamming / bits, so DAFH's margin of 0.5 asks the negative to differ in
-    1/8 more bits than the positive, whatever the code length.
+    The distance (``triplet_distances``) is by default FaceNet's: squared Euclidean between
+    L2-normalised codes. For codes at +-1 it equals 4 * Hamming / bits, so DAFH's margin of
+    0.5 asks the negative to differ in 1/8 more bits than the positive, whatever the code
+    length; ``distance="euclidean"`` is Balntas et al.'s plain L2.
 
     Returns (mean loss over anchors that have a positive and a negative, positive index,
     negative index, mask of such anchors); the indices let DAFH apply focal loss to the
@@ -84,7 +105,7 @@ def mined_triplet(
     """
     if mining not in TRIPLET_MINING:
         raise ValueError(f"mining must be one of {TRIPLET_MINING}, not {mining!r}")
-    dist = _normalized_sq_dist(codes)
+    dist = triplet_distances(codes, distance)
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     pos_mask = same & ~eye
@@ -100,6 +121,11 @@ def mined_triplet(
         active = per_triplet > 0
         loss = per_triplet.sum() / active.sum() if active.any() else codes.sum() * 0.0
         return loss, pos_idx, neg_idx, valid
+    if mining == "random":  # the paper's plain triplets: any positive, any negative, no mining
+        safe = valid[:, None]
+        pos_idx = torch.multinomial((pos_mask | ~safe).float(), 1).squeeze(1)
+        neg_idx = torch.multinomial((neg_mask | ~safe).float(), 1).squeeze(1)
+        d_ap = dist[rows, pos_idx]
     if mining == "semihard":
         farther = neg_mask & (dist > d_ap[:, None])
         semi = dist.masked_fill(~farther, float("inf")).argmin(1)
@@ -193,19 +219,20 @@ def bit_balance_loss(codes: torch.Tensor) -> torch.Tensor:
 class DAFHCriterion:
     """L = lambda (FL(anchor) + FL(positive) + FL(negative)) + beta * triplet (DAFH eq. 8).
 
-    Triplets are mined in the batch (``mined_triplet``), every sample being an anchor;
-    FL(positive) and FL(negative) are the focal losses of the mined positives' and negatives'
-    logits, over anchors that have both. lambda = 1/3, gamma = 1.5, margin = 0.5 as in the
-    paper; beta (unspecified there) defaults to 1.
+    Triplets are drawn in the batch (``mined_triplet``, random by default), every sample
+    being an anchor; FL(positive) and FL(negative) are the focal losses of the drawn
+    positives' and negatives' logits, over anchors that have both. lambda = 1/3, gamma = 1.5,
+    margin = 0.5 as in the paper; beta (unspecified there) defaults to 1.
     """
 
     def __init__(self, gamma: float = 1.5, margin: float = 0.5, lam: float = 1.0 / 3.0, beta: float = 1.0,
-                 mining: str = "semihard") -> None:
-        self.gamma, self.margin, self.lam, self.beta, self.mining = gamma, margin, lam, beta, mining
+                 mining: str = "random", distance: str = "normalized_sq") -> None:
+        self.gamma, self.margin, self.lam, self.beta = gamma, margin, lam, beta
+        self.mining, self.distance = mining, distance
 
     def __call__(self, output: HashOutput, labels: torch.Tensor) -> LossOutput:
         assert output.logits is not None, "DAFH needs classifier logits"
-        triplet, pos, neg, valid = mined_triplet(output.codes, labels, self.margin, self.mining)
+        triplet, pos, neg, valid = mined_triplet(output.codes, labels, self.margin, self.mining, self.distance)
         fa = focal_loss(output.logits, labels, self.gamma)
         if valid.any():
             fp = focal_loss(output.logits[pos[valid]], labels[valid], self.gamma)

@@ -51,7 +51,13 @@ def train(
     ptanh: Annotated[bool, typer.Option(help="DAFH: learnable-alpha tanh (ablation Ptanh).")] = True,
     beta: Annotated[float, typer.Option(help="DAFH: weight of the triplet loss.")] = 1.0,
     triplet_mining: Annotated[str, typer.Option(
-        help="DAFH: in-batch triplets: semihard (FaceNet), hard (batch-hard) or all (batch-all).")] = "semihard",
+        help="DAFH: in-batch triplets: random (the paper's), semihard (FaceNet), hard (batch-hard) or all.")
+    ] = "random",
+    triplet_distance: Annotated[str, typer.Option(
+        help="DAFH: triplet distance: normalized_sq (FaceNet) or euclidean (Balntas et al., the paper's [40]).")
+    ] = "normalized_sq",
+    classifier_input: Annotated[str, typer.Option(
+        help="DAFH: the classifier reads linear1 (sec. 3.3.2) or codes (the paper's Algorithm 1).")] = "linear1",
     c2l_epochs: Annotated[int, typer.Option(help="Saliency fusion: epochs of C2L pre-training.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     augment: Annotated[bool, typer.Option(help="Noise/blur/brightness/rotation/scaling augmentation.")] = True,
@@ -70,11 +76,13 @@ def train(
     model_kwargs: dict[str, Any] = {}
     loss_kwargs: dict[str, Any] = {}
     if method == "dafh":
-        model_kwargs = {"attention": attention, "fusion": fusion, "ptanh": ptanh}
-        loss_kwargs = {"beta": beta, "mining": triplet_mining}
-    elif not (attention and fusion and ptanh):
-        raise typer.BadParameter("--no-attention/--no-fusion/--no-ptanh apply to dafh only")
-    source = _one_source(data, labels, image_size)
+        model_kwargs = {"attention": attention, "fusion": fusion, "ptanh": ptanh, "classifier_input": classifier_input}
+        loss_kwargs = {"beta": beta, "mining": triplet_mining, "distance": triplet_distance}
+    elif not (attention and fusion and ptanh) or classifier_input != "linear1":
+        raise typer.BadParameter("--no-attention/--no-fusion/--no-ptanh/--classifier-input apply to dafh only")
+    if (data is None) == (labels is None):
+        raise typer.BadParameter("give a DATA folder or --labels CSV (the catalog's slices), not both")
+    source = Path(data) if data is not None else _archive_set(labels, image_size)
     if split_seed is not None:
         train_set = (split_folder(source, image_size, seed=split_seed, per_class=per_class)[0]
                      if isinstance(source, Path) else split_set(source, split_seed, per_class=per_class)[0])
@@ -92,12 +100,8 @@ def train(
                   f"epoch losses {[round(v, 4) for v in result.epoch_losses]}")
 
 
-def _one_source(data: Path | None, labels: Path | None, image_size: int) -> Path | ImageSet:
-    """The folder to read, or the archive's labelled slices already loaded."""
-    if (data is None) == (labels is None):
-        raise typer.BadParameter("give a DATA folder or --labels CSV (the catalog's slices), not both")
-    if data is not None:
-        return data
+def _archive_set(labels: Path, image_size: int) -> ImageSet:
+    """The catalog's slices that ``labels`` labels, from the store the settings name."""
     from shared.archive import CatalogSlices
     from shared.catalog import open_catalog
     from shared.config import get_settings
@@ -147,9 +151,7 @@ def evaluate(
     ckpt = load_checkpoint(model, device=resolve_device(device))
     size = ckpt.image_size
     if labels is not None:
-        archive = _one_source(None, labels, size)
-        assert not isinstance(archive, Path)
-        db_set, q_set = split_set(archive, seed, per_class=per_class)
+        db_set, q_set = split_set(_archive_set(labels, size), seed, per_class=per_class)
         source = {"labels": str(labels), "seed": seed, "per_class": per_class}
     elif split_of is not None:
         db_set, q_set = split_folder(split_of, size, seed=seed, per_class=per_class)
@@ -162,11 +164,11 @@ def evaluate(
     else:
         raise typer.BadParameter("give --database and --queries, --split-of, or --labels")
     t0 = time.time()
-    db_codes, q_codes = ckpt.encode(db_set.images), ckpt.encode(q_set.images)
+    db_codes = ckpt.encode(db_set.images)
+    q_codes, predicted = ckpt.encode_and_predict(q_set.images)
     encode_s = time.time() - t0
     metrics = retrieval_metrics(q_codes, q_set.labels.numpy(), db_codes, db_set.labels.numpy(),
                                 db_set.class_names, tie_aware=tie_aware)
-    predicted = ckpt.predict(q_set.images)
     if predicted is not None:  # DAFH, saliency fusion: how far the backbone itself got
         metrics["classifier_top1"] = float(np.mean(predicted == q_set.labels.numpy()))
     metrics.update({"model": str(model), "model_version": ckpt.version, "method": ckpt.meta["method"],

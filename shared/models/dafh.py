@@ -14,9 +14,13 @@ Choices where the paper is silent, and why:
     Without LF the intermediate stage is not used at all: the hash branch sees Linear1
     only, and AT (if on) applies CBAM to the final backbone map instead, so "EfficientNet+AT"
     still means "EfficientNet with CBAM". Without Ptanh the hash layer is a plain tanh.
-  * Loss (``DAFHCriterion``): triplets mined in the batch with batch-hard positives and
-    FaceNet's semi-hard negatives, on L2-normalised codes; hardest negatives collapsed the
-    codes when training from scratch (see ``shared.losses.mined_triplet``).
+  * Where the classifier reads from: section 3.3.2 and eq. 2 feed it Linear1, while the
+    paper's Algorithm 1 computes ``classification_output = ClassifierLayer(hash_codes)``.
+    ``classifier_input`` takes either ("linear1", the default, or "codes"); with "codes"
+    the focal loss reaches the hash layer directly instead of only through the triplet term.
+  * Loss (``DAFHCriterion``): triplets drawn at random inside the batch (one per anchor),
+    FaceNet's distance on L2-normalised codes; mined variants are options
+    (``shared.losses.mined_triplet`` says how they fared).
   * Other timm backbones (resnet50, a ViT, Table 4) work by name: the penultimate stage is
     what ``TimmBackbone`` reports.
 """
@@ -29,6 +33,8 @@ from shared.losses import DAFHCriterion
 from shared.models.base import HashHead, HashModel, HashOutput, TimmBackbone
 from shared.models.cbam import CBAM
 from shared.models.registry import register_method
+
+CLASSIFIER_INPUTS = ("linear1", "codes")
 
 
 class DAFH(HashModel):
@@ -44,10 +50,13 @@ class DAFH(HashModel):
         ptanh: bool = True,
         hidden: int = 512,
         cbam_reduction: int = 16,
+        classifier_input: str = "linear1",
     ) -> None:
         super().__init__()
+        if classifier_input not in CLASSIFIER_INPUTS:
+            raise ValueError(f"classifier_input must be one of {CLASSIFIER_INPUTS}, not {classifier_input!r}")
         self.bits, self.num_classes = bits, num_classes
-        self.attention, self.fusion = attention, fusion
+        self.attention, self.fusion, self.classifier_input = attention, fusion, classifier_input
         self.backbone = TimmBackbone(backbone, image_size, pretrained)
         attended_shape = self.backbone.penultimate_shape if fusion else self.backbone.final_shape
         if attention and len(attended_shape) != 3:
@@ -55,7 +64,7 @@ class DAFH(HashModel):
         self.cbam: nn.Module = CBAM(attended_shape[0], cbam_reduction) if attention else nn.Identity()
         fused = self.backbone.num_features + (attended_shape[0] if fusion else 0)
         self.linear1 = nn.Linear(fused, hidden)
-        self.classifier = nn.Linear(hidden, num_classes)
+        self.classifier = nn.Linear(hidden if classifier_input == "linear1" else bits, num_classes)
         flat = int(torch.tensor(attended_shape).prod()) if fusion else 0
         self.hash = HashHead(hidden + flat, bits, "ptanh" if ptanh else "tanh")
 
@@ -75,7 +84,8 @@ class DAFH(HashModel):
         else:
             l1 = self.linear1(pooled)
             hash_in = l1
-        return HashOutput(codes=self.hash(hash_in), logits=self.classifier(l1))
+        codes = self.hash(hash_in)
+        return HashOutput(codes=codes, logits=self.classifier(l1 if self.classifier_input == "linear1" else codes))
 
 
 def _dafh_criterion(bits: int, num_classes: int, **kwargs: float) -> DAFHCriterion:

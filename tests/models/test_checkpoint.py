@@ -50,7 +50,7 @@ def test_tampered_weights_are_rejected(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
-def test_predict_uses_the_models_own_classifier(tmp_path: Path) -> None:
+def test_encode_and_predict_uses_the_models_own_classifier(tmp_path: Path) -> None:
     data = synthetic_set(num_classes=4, per_class=3, size=32)
     for method, has_classifier in (("dafh", True), ("dsh", False)):
         torch.manual_seed(0)
@@ -58,7 +58,8 @@ def test_predict_uses_the_models_own_classifier(tmp_path: Path) -> None:
         path = tmp_path / f"{method}.pt"
         save_checkpoint(path, model, ["a", "b", "c", "d"], DEFAULT_NORMALIZATION, {"epochs": 1})
         loaded = load_checkpoint(path)
-        predicted = loaded.predict(data.images, batch_size=5)  # batches of 5, 5, 2
+        codes, predicted = loaded.encode_and_predict(data.images, batch_size=5)  # batches of 5, 5, 2
+        assert np.array_equal(codes, loaded.encode(data.images))
         if not has_classifier:
             assert predicted is None
             continue

@@ -62,3 +62,24 @@ def test_train_sf_alias_on_split(tmp_path: Path) -> None:
     assert torch.load(model, weights_only=True)["method"] == "saliency_fusion"
     bad = CliRunner().invoke(app, ["train", str(data), "--method", "dsh", "--no-attention", "--out", str(model)])
     assert bad.exit_code != 0
+
+
+def test_table3_job_calls_train_and_evaluate_with_str_paths(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # bench/table3.py passes folders as str, not the Path typer makes: a split run must still work
+    from bench.table3 import Job, run_job
+
+    threads = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    data = str(write_png_folder(tmp_path / "data", num_classes=2, per_class=10, size=32))
+    common = {"epochs": 1, "image_size": 32, "backbone": "efficientnet_b0", "batch_size": 8, "device": "cpu",
+              "threads": 1, "classifier_input": "codes", "triplet_distance": "euclidean"}
+    job = Job("brain", "dafh-8", {"data": data, "method": "dafh", "bits": 8, "split_seed": 0, **common},
+              {"split_of": data, "seed": 0}, {"method": "dafh", "bits": 8})
+    assert run_job(job, tmp_path / "out").startswith("brain/dafh-8: map@10=")
+    metrics = json.loads((tmp_path / "out" / "brain" / "dafh-8" / "eval.json").read_text())
+    assert metrics["num_queries"] == 4 and metrics["num_database"] == 16 and metrics["bits"] == 8
+    commands = (tmp_path / "out" / "brain" / "dafh-8" / "command.txt").read_text()
+    assert "--split-seed 0" in commands and "--classifier-input codes" in commands
+    state = torch.load(tmp_path / "out" / "brain" / "dafh-8" / "model.pt", weights_only=True)
+    assert state["model_kwargs"]["classifier_input"] == "codes"
+    assert state["train_config"]["loss_kwargs"]["distance"] == "euclidean"

@@ -8,7 +8,7 @@ import torch
 
 from shared.losses import (
     DAFHCriterion, SaliencyFusionCriterion, mined_triplet, bit_balance_loss, dpn_loss, dpn_targets, dpsh_loss,
-    dsh_loss, focal_loss, hashnet_loss, quantization_loss,
+    dsh_loss, focal_loss, hashnet_loss, quantization_loss, triplet_distances,
 )
 from shared.models import HashOutput
 
@@ -41,12 +41,12 @@ def test_semihard_triplet_hand_value() -> None:
     # same codes: anchor 0's positive 1 is at 2; negatives 3 (at 2, not farther) and 2 (at 4):
     # semi-hard picks 2 -> relu(2 - 4 + 0.5) = 0, for every anchor by symmetry
     codes = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0], [-1.0, 1.0]])
-    loss, _, neg, _ = mined_triplet(codes, torch.tensor([0, 0, 1, 1]), margin=0.5)
+    loss, _, neg, _ = mined_triplet(codes, torch.tensor([0, 0, 1, 1]), margin=0.5, mining="semihard")
     assert neg.tolist() == [2, 3, 0, 1] and loss.item() == pytest.approx(0.0, abs=1e-6)
     # 3 bits: anchor [1,1,1], positive at hamming 1 (d = 4/3), negatives at hamming 2 (d = 8/3)
     # and hamming 1 (d = 4/3, not farther): semi-hard takes the first -> relu(4/3 - 8/3 + 2) = 2/3
     c3 = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, -1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, 1.0]])
-    loss, pos, neg, valid = mined_triplet(c3, torch.tensor([0, 0, 1, 1]), margin=2.0)
+    loss, pos, neg, valid = mined_triplet(c3, torch.tensor([0, 0, 1, 1]), margin=2.0, mining="semihard")
     assert pos[0].item() == 1 and neg[0].item() == 2
 
 
@@ -64,9 +64,46 @@ def test_batch_all_triplet_hand_value() -> None:
     assert zero.item() == 0.0
 
 
+def test_euclidean_triplet_hand_value() -> None:
+    # Balntas et al.'s plain L2: for +-1 codes d = 2 * sqrt(hamming); the 2-bit square has
+    # d = 2 at hamming 1 and 2 * sqrt(2) at hamming 2, on any scale (no normalisation)
+    codes = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0], [-1.0, 1.0]])
+    d = triplet_distances(codes, "euclidean")
+    assert d[0, 1].item() == pytest.approx(2.0, abs=1e-5) and d[0, 2].item() == pytest.approx(2 * math.sqrt(2), abs=1e-5)
+    assert triplet_distances(codes * 0.5, "euclidean")[0, 1].item() == pytest.approx(1.0, abs=1e-5)
+    assert triplet_distances(codes * 0.5)[0, 1].item() == pytest.approx(2.0, abs=1e-5)  # normalised: scale-free
+    # hard mining: positive at 2, nearest negative at 2 -> relu(2 - 2 + 0.5) = 0.5; semi-hard takes the
+    # negative at 2 sqrt 2 -> relu(2 - 2.828 + 1) = 0.172 with margin 1
+    assert mined_triplet(codes, torch.tensor([0, 0, 1, 1]), 0.5, "hard", "euclidean")[0].item() == pytest.approx(0.5, abs=1e-5)
+    semi = mined_triplet(codes, torch.tensor([0, 0, 1, 1]), 1.0, "semihard", "euclidean")[0]
+    assert semi.item() == pytest.approx(3.0 - 2 * math.sqrt(2), abs=1e-5)
+    # the diagonal's sqrt(0) must not poison the gradient
+    x = codes.clone().requires_grad_(True)
+    mined_triplet(x, torch.tensor([0, 0, 1, 1]), 0.5, "hard", "euclidean")[0].backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="distance must be one of"):
+        triplet_distances(codes, "cosine")
+
+
+def test_random_triplets_pick_a_positive_and_a_negative() -> None:
+    # 3 classes of 2: any same-class other sample is the positive, any other-class the negative;
+    # the loss is the mean of relu(d(a, p) - d(a, n) + margin) over the picks (d = 2 * hamming)
+    codes = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    torch.manual_seed(0)
+    loss, pos, neg, valid = mined_triplet(codes, labels, margin=0.5, mining="random")
+    assert valid.all()
+    assert (labels[pos] == labels).all() and (pos != torch.arange(6)).all() and (labels[neg] != labels).all()
+    d = triplet_distances(codes)
+    expected = torch.relu(d[torch.arange(6), pos] - d[torch.arange(6), neg] + 0.5).mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    picks = {tuple(mined_triplet(codes, labels, 0.5, "random")[2].tolist()) for _ in range(20)}
+    assert len(picks) > 1  # drawn afresh each batch, not a fixed choice
+
+
 def test_unknown_mining_is_refused() -> None:
     with pytest.raises(ValueError, match="mining must be one of"):
-        mined_triplet(torch.ones(2, 2), torch.tensor([0, 1]), mining="random")
+        mined_triplet(torch.ones(2, 2), torch.tensor([0, 1]), mining="nearest")
 
 
 def test_triplet_ignores_anchors_without_positive() -> None:
@@ -122,7 +159,9 @@ def test_dafh_criterion_combines_parts() -> None:
     out = HashOutput(codes=torch.randn(6, 8).tanh(), logits=torch.randn(6, 3))
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     crit = DAFHCriterion(gamma=1.5, margin=0.5, lam=1 / 3, beta=2.0)
+    torch.manual_seed(1)  # the same random triplets in both calls
     res = crit(out, labels)
+    torch.manual_seed(1)
     _, pos, neg, _ = mined_triplet(out.codes, labels, 0.5)
     fa = focal_loss(out.logits, labels, 1.5)
     fp = focal_loss(out.logits[pos], labels, 1.5)

@@ -39,6 +39,20 @@ def test_dafh_uses_penultimate_mbconv_stage_and_ablation_switches() -> None:
     assert plain(x).codes.shape == (2, 16)
 
 
+def test_dafh_classifier_reads_linear1_or_the_codes() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    for where, width in (("linear1", 512), ("codes", 16)):
+        m = create_model("dafh", backbone="efficientnet_b0", bits=16, num_classes=3, image_size=32,
+                         classifier_input=where).eval()
+        assert m.classifier.in_features == width
+        features = m.forward_features(x)
+        out = m.forward_head(features)
+        if where == "codes":  # Algorithm 1: the classifier sees exactly the hash layer's output
+            assert torch.allclose(out.logits, m.classifier(out.codes))
+    with pytest.raises(ValueError, match="classifier_input must be one of"):
+        create_model("dafh", backbone="efficientnet_b0", bits=16, num_classes=3, image_size=32, classifier_input="x")
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "vit_tiny_patch16_224"])
 def test_dafh_other_backbones(backbone: str) -> None:
     m = create_model("dafh", backbone=backbone, bits=8, num_classes=2, image_size=32)

@@ -151,7 +151,7 @@ class Deployment:
                 for name, process in list(self.stack.processes.items()):
                     if name not in self._planned_down and process.poll() is not None:
                         self.exits.append(Exit(name, process.returncode, self._last_error(name)))
-                        self._spawn(name)
+                        self.stack.spawn(name, note="relaunched")
 
     def _last_error(self, name: str) -> str:
         lines = [line for line in self.stack.log_tail(name, 20_000).splitlines()
@@ -171,11 +171,8 @@ class Deployment:
         """Start ``name`` again with the arguments and environment LocalStack gave it."""
         with self._processes_lock:
             assert self.stack.processes[name].poll() is not None, f"{name} still runs"
-            self._spawn(name)
+            self.stack.spawn(name, note="relaunched")
             self._planned_down.discard(name)
-
-    def _spawn(self, name: str) -> None:
-        self.stack.spawn(name, note="relaunched")
 
     def recover(self) -> None:
         """Relaunch whatever a test killed and did not relaunch (it failed mid-fault)."""
