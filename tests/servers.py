@@ -516,7 +516,9 @@ class S3Server(_ServerProcess):
     still keeps them, like a real MinIO: moto's request recorder appends every request to
     a file in the server's directory, and start() replays that file into the new process
     (``/moto-api/recorder/replay-recording``). Replay costs time proportional to all
-    requests made so far, which is negligible at test sizes. With ``persistent=False`` a
+    requests made so far, which is negligible at test sizes. moto's recorder interleaves
+    the entries of concurrent requests, so the server runs through
+    ``tests/moto_recording_server.py``, which serialises them. With ``persistent=False`` a
     restart empties the store. pause()/resume() never lose anything.
 
     moto accepts any credentials; ``access_key``/``secret_key`` are what the client is
@@ -535,7 +537,7 @@ class S3Server(_ServerProcess):
         region: str = "us-east-1",
         persistent: bool = True,
     ) -> None:
-        self._binary = require_binary("moto_server", Path(sys.executable).parent)
+        require_binary("moto_server", Path(sys.executable).parent)  # moto[server] is installed
         super().__init__(root)
         self.bucket = bucket
         self.access_key = access_key
@@ -568,7 +570,9 @@ class S3Server(_ServerProcess):
         self.port = free_port()
 
     def _command(self) -> list[str]:
-        return [self._binary, "-H", "127.0.0.1", "-p", str(self.port)]
+        # moto's own server, with its recorder made safe for concurrent requests (see there)
+        return [sys.executable, str(Path(__file__).with_name("moto_recording_server.py")),
+                "-H", "127.0.0.1", "-p", str(self.port)]
 
     def _env(self) -> dict[str, str]:
         env = super()._env()
