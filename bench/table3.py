@@ -132,31 +132,34 @@ def plan(args: argparse.Namespace) -> list[Job]:
     out: Path = args.out
     brain = (str(pooled_brain(args.data_root, out))
              if {"brain", "ablation", "seeds", "selection"} & set(args.suites) else "")
+
+    def split_job(suite: str, name: str, data: str, method: str, bits: int, split_seed: int,
+                  train_extra: dict[str, Any], meta: dict[str, Any], per_class: int | None = None) -> Job:
+        """A job trained on a seeded 8:2 split of ``data`` and evaluated on the same split."""
+        subset = {"per_class": per_class} if per_class is not None else {}
+        return Job(suite, name, {"data": data, "method": method, "bits": bits, "split_seed": split_seed, **subset,
+                                 **common, **train_extra},
+                   {"split_of": data, "seed": split_seed, **subset}, meta)
+
     for suite in args.suites:
         if suite == "brain":
             for bits in BITS:
                 for m in METHODS:
-                    jobs.append(Job(suite, f"{m}-{bits}",
-                                    {"data": brain, "method": m, "bits": bits, "split_seed": args.seed, **common},
-                                    {"split_of": brain, "seed": args.seed}, {"method": m, "bits": bits}))
+                    jobs.append(split_job(suite, f"{m}-{bits}", brain, m, bits, args.seed, {},
+                                          {"method": m, "bits": bits}))
         elif suite == "ablation":
             for row, switches in ABLATION.items():
                 if row == "Proposed":  # identical to the brain suite's dafh-32 run
                     continue
-                jobs.append(Job(suite, row, {"data": brain, "method": "dafh", "bits": 32, "split_seed": args.seed,
-                                             **switches, **common},
-                                {"split_of": brain, "seed": args.seed}, {"row": row}))
+                jobs.append(split_job(suite, row, brain, "dafh", 32, args.seed, switches, {"row": row}))
         elif suite == "seeds":
             for name, (m, overrides) in SEED_RUNS.items():
-                jobs.append(Job(suite, name, {"data": brain, "method": m, "bits": 32, "split_seed": args.seed,
-                                              **common, **overrides},
-                                {"split_of": brain, "seed": args.seed}, {"method": m, "bits": 32}))
+                jobs.append(split_job(suite, name, brain, m, 32, args.seed, overrides, {"method": m, "bits": 32}))
         elif suite == "selection":
             inner = str(training_part(Path(brain), out, args.seed))
             for name, (m, overrides) in SELECTION_RUNS.items():
-                jobs.append(Job(suite, name, {"data": inner, "method": m, "bits": 32, "split_seed": args.seed + 1,
-                                              **common, **overrides},
-                                {"split_of": inner, "seed": args.seed + 1}, {"method": m, "bits": 32}))
+                jobs.append(split_job(suite, name, inner, m, 32, args.seed + 1, overrides,
+                                      {"method": m, "bits": 32}))
         elif suite == "robustness":
             train_dir = str(args.data_root / "brain-tumor-mri" / "training")
             test_dir = str(args.data_root / "brain-tumor-mri" / "testing")
@@ -165,14 +168,11 @@ def plan(args: argparse.Namespace) -> list[Job]:
                                 {"database": train_dir, "queries": test_dir}, {"method": m, "bits": 32}))
         elif suite == "mednist":
             data = str(args.data_root / "mednist-64")
-            mc = {**common, "epochs": args.mednist_epochs}
             for bits in BITS:
                 for m in METHODS:
-                    jobs.append(Job(suite, f"{m}-{bits}",
-                                    {"data": data, "method": m, "bits": bits, "split_seed": args.seed,
-                                     "per_class": args.mednist_per_class, **mc},
-                                    {"split_of": data, "seed": args.seed, "per_class": args.mednist_per_class},
-                                    {"method": m, "bits": bits}))
+                    jobs.append(split_job(suite, f"{m}-{bits}", data, m, bits, args.seed,
+                                          {"epochs": args.mednist_epochs}, {"method": m, "bits": bits},
+                                          per_class=args.mednist_per_class))
     return sorted(jobs, key=lambda j: j.priority)
 
 
