@@ -115,8 +115,7 @@ class LoadedCheckpoint:
 
     def encode(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Packed codes for greyscale uint8 images already at ``image_size`` (B, 1, S, S)."""
-        chunks = [self.model.encode(batch) for batch in self._inputs(images, batch_size)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, (self.model.bits + 7) // 8), np.uint8)
+        return self.encode_and_predict(images, batch_size)[0]
 
     @torch.no_grad()
     def encode_and_predict(self, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:

@@ -112,20 +112,20 @@ def mined_triplet(
     neg_mask = ~same
     valid = pos_mask.any(1) & neg_mask.any(1)
     rows = torch.arange(len(labels), device=labels.device)
-    pos_idx = dist.masked_fill(~pos_mask, -1.0).argmax(1)
-    d_ap = dist[rows, pos_idx]
-    neg_idx = dist.masked_fill(~neg_mask, float("inf")).argmin(1)
+    if mining == "random":  # the paper's plain triplets: any positive, any negative, no mining
+        unusable = ~valid[:, None]  # anchors without a triplet draw from every sample; masked below
+        pos_idx = torch.multinomial((pos_mask | unusable).float(), 1).squeeze(1)
+        neg_idx = torch.multinomial((neg_mask | unusable).float(), 1).squeeze(1)
+    else:
+        pos_idx = dist.masked_fill(~pos_mask, -1.0).argmax(1)
+        neg_idx = dist.masked_fill(~neg_mask, float("inf")).argmin(1)
     if mining == "all":
         per_triplet = F.relu(dist[:, :, None] - dist[:, None, :] + margin)
         per_triplet = per_triplet * (pos_mask[:, :, None] & neg_mask[:, None, :])
         active = per_triplet > 0
         loss = per_triplet.sum() / active.sum() if active.any() else codes.sum() * 0.0
         return loss, pos_idx, neg_idx, valid
-    if mining == "random":  # the paper's plain triplets: any positive, any negative, no mining
-        safe = valid[:, None]
-        pos_idx = torch.multinomial((pos_mask | ~safe).float(), 1).squeeze(1)
-        neg_idx = torch.multinomial((neg_mask | ~safe).float(), 1).squeeze(1)
-        d_ap = dist[rows, pos_idx]
+    d_ap = dist[rows, pos_idx]
     if mining == "semihard":
         farther = neg_mask & (dist > d_ap[:, None])
         semi = dist.masked_fill(~farther, float("inf")).argmin(1)

@@ -30,6 +30,8 @@ def test_round_trip_gives_identical_codes(tmp_path: Path) -> None:
     assert first.meta["method"] == "dafh" and first.meta["bits"] == 32
     codes = first.encode(data.images)
     assert codes.shape == (12, 4) and codes.dtype == np.uint8
+    model.eval().to(memory_format=torch.channels_last)  # the saved model, not a reload: same codes
+    assert np.array_equal(codes, model.encode(torch.cat(list(first._inputs(data.images, 12)))))
 
     update_metrics(path, {"map@10": 0.5})  # metrics do not change the version
     second = load_checkpoint(path)
@@ -59,12 +61,12 @@ def test_encode_and_predict_uses_the_models_own_classifier(tmp_path: Path) -> No
         save_checkpoint(path, model, ["a", "b", "c", "d"], DEFAULT_NORMALIZATION, {"epochs": 1})
         loaded = load_checkpoint(path)
         codes, predicted = loaded.encode_and_predict(data.images, batch_size=5)  # batches of 5, 5, 2
-        assert np.array_equal(codes, loaded.encode(data.images))
+        batch = torch.cat(list(loaded._inputs(data.images, 12)))
+        assert np.array_equal(codes, loaded.model.encode(batch))  # the model's own binarisation
         if not has_classifier:
             assert predicted is None
             continue
         assert predicted is not None and predicted.shape == (12,)
         with torch.no_grad():
-            batch = torch.cat(list(loaded._inputs(data.images, 12)))
             expected = loaded.model(batch).logits.argmax(1).numpy()
         assert np.array_equal(predicted, expected)
