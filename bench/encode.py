@@ -85,9 +85,6 @@ WORKER = "worker: EncodeStage.run + BatchEncoder"
 from bench.common import load  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
 
-
-
-
 # --------------------------------------------------------------------------------------------
 # Set-up (untimed)
 # --------------------------------------------------------------------------------------------
@@ -95,9 +92,9 @@ from bench.common import machine as common_machine  # noqa: E402
 
 def make_checkpoint(path: Path, image_size: int) -> Path:
     """An untrained DAFH/EfficientNet-B0 checkpoint: a forward costs the same as a trained one."""
-    from shared.checkpoint import save_checkpoint
-    from shared.datasets import DEFAULT_NORMALIZATION
-    from shared.models import create_model
+    from shared.hashing.checkpoint import save_checkpoint
+    from shared.hashing.models import create_model
+    from shared.hashing.transform import DEFAULT_NORMALIZATION
 
     torch.manual_seed(0)
     model = create_model("dafh", backbone="efficientnet_b0", bits=32, num_classes=4,
@@ -122,9 +119,9 @@ def prepared_runtime(data_dir: Path, count: int, image_size: int, seed: int) -> 
 
     from shared.config import Settings
     from shared.dicom.synthetic import StudyIds, make_secondary_capture
-    from shared.ingest import Ingestor
-    from shared.preprocess import PreprocessOptions, Preprocessor
-    from shared.runtime import Runtime
+    from shared.pipeline.ingest import Ingestor
+    from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
+    from shared.pipeline.wiring import Runtime
     from tests.lsh_model import picture
 
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -162,8 +159,8 @@ def prepared_runtime(data_dir: Path, count: int, image_size: int, seed: int) -> 
 
 def model_inputs(prepared: Prepared, image_size: int) -> np.ndarray:
     """The uint8 (N, S, S) images the worker will feed the model, for the bare side."""
-    from shared.dicom.slices import decode_slice
-    from shared.encode import to_model_uint8
+    from shared.hashing.transform import to_model_uint8
+    from shared.storage.slice_format import decode_slice
 
     catalog, store = prepared.runtime.catalog, prepared.runtime.store
     images = [to_model_uint8(decode_slice(store.get(item.object_key)), image_size)
@@ -263,8 +260,9 @@ class StepTimer:
 def run_worker(checkpoint: Any, prepared: Prepared, batch_size: int, max_wait_s: float,
                threads: int, repeat: int, timer: StepTimer | None = None) -> RunResult:
     """``EncodeStage.run`` over every prepared id from ``threads`` threads (timed)."""
-    import shared.encode as encode_module
-    from shared.encode import BatchEncoder, EncodeStage
+    import shared.pipeline.encode as encode_module
+    from shared.hashing.inference import BatchEncoder
+    from shared.pipeline.encode import EncodeStage
 
     runtime = prepared.runtime
     encoder = BatchEncoder(checkpoint, batch_size, max_wait_s)
@@ -436,8 +434,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from shared.checkpoint import load_checkpoint
     from shared.config import Settings
+    from shared.hashing.checkpoint import load_checkpoint
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

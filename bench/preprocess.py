@@ -80,11 +80,11 @@ for _path in (REPO_ROOT, MEDHASH_SRC):  # `python bench/x.py` puts bench/, not t
         sys.path.insert(0, str(_path))
 
 import numpy as np  # noqa: E402
+from pydicom import dcmread  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
 
 from bench.common import load  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
-from pydicom import dcmread  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
 
 MEDHASH = Path(sys.executable).parent / "medhash"
 MANIFEST = "bench-manifest.json"
@@ -215,9 +215,9 @@ def run_limit(syntax: str, instances: Sequence[Instance], image_size: int, repea
 def embedded_pipeline(data_dir: Path, image_size: int) -> Iterator[tuple[Any, Any, Any]]:
     """A fresh embedded runtime (SQLite + folder): (ingestor, preprocessor, runtime)."""
     from shared.config import Settings
-    from shared.ingest import Ingestor
-    from shared.preprocess import PreprocessOptions, Preprocessor
-    from shared.runtime import Runtime
+    from shared.pipeline.ingest import Ingestor
+    from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
+    from shared.pipeline.wiring import Runtime
 
     shutil.rmtree(data_dir, ignore_errors=True)
     settings = Settings(data_dir=data_dir, image_size=image_size, database_url=None,
@@ -376,11 +376,11 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 def run_celery(syntax: str, instances: Sequence[Instance], warmup: Instance, image_size: int,
                servers: CeleryStack, logdir: Path, repeat: int) -> RunResult:
     """One ``medhash worker --concurrency 1`` process; clock from enqueue to all preprocessed."""
-    from shared.catalog import open_catalog
     from shared.config import Settings
-    from shared.ingest import Ingestor
-    from shared.objectstore import open_object_store
-    from shared.queue import CeleryDispatcher, InProcessDispatcher, Stage
+    from shared.pipeline.ingest import Ingestor
+    from shared.pipeline.queues import CeleryDispatcher, InProcessDispatcher, Stage
+    from shared.storage.catalog import open_catalog
+    from shared.storage.objectstore import open_object_store
     from workers.app import create_celery_app
 
     env = servers.new_env(image_size)

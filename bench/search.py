@@ -60,7 +60,7 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/search.py` puts bench/, not 
 
 from bench.common import load  # noqa: E402
 from shared.index import IndexWriter, Searcher  # noqa: E402
-from shared.objectstore import LocalObjectStore  # noqa: E402
+from shared.storage.objectstore import LocalObjectStore  # noqa: E402
 
 BITS = 64
 K = 10

@@ -102,7 +102,7 @@ def pooled_brain(data_root: Path, out: Path) -> Path:
 def training_part(pooled: Path, out: Path, seed: int) -> Path:
     """The brain split's training part (its 80 %) as symlinks under ``out``: the data of the
     selection suite, which splits it again so choices never see the real queries."""
-    from shared.datasets import list_folder, stratified_split
+    from shared.learning.datasets import list_folder, stratified_split
 
     part = out / "brain-train80"
     if not part.exists():
@@ -180,7 +180,7 @@ def run_job(job: Job, out: Path) -> str:
     """Train and evaluate one job in this process, logging to its folder."""
     import torch
 
-    from medhash.commands.models import evaluate, train
+    from medhash.commands.learning import evaluate, train
 
     torch.set_num_threads(1)
     folder = out / job.suite / job.name

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medhash.commands.ingest import wait_for_signal
+from medhash.commands.services import wait_for_signal
 
 # name -> `medhash` arguments; the worker layout of docs/operations.md
 PROCESSES: dict[str, list[str]] = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from medhash.commands import demo, ingest, models, pipeline
+from medhash.commands import demo, learning, send, services, status
 
 app = typer.Typer(
     name="medhash",
@@ -17,11 +17,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-ingest.register(app)
-pipeline.register(app)
+services.register(app)
+app.command()(send.send)
+app.command()(status.status)
+app.command()(status.settings)
 app.command()(demo.demo)
-app.command()(models.train)
-app.command()(models.evaluate)
+app.command()(learning.train)
+app.command()(learning.evaluate)
 
 if __name__ == "__main__":
     app()

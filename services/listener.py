@@ -1,6 +1,6 @@
 """The DICOM listener: a C-ECHO / C-STORE SCP that PACS and modalities forward studies to.
 
-Thin glue between pynetdicom and :class:`shared.ingest.Ingestor`. It accepts every storage
+Thin glue between pynetdicom and :class:`shared.pipeline.ingest.Ingestor`. It accepts every storage
 SOP class of the standard with every transfer syntax that can be stored as received, and
 stores the encoded dataset exactly as it arrived (no decoding, no re-encoding) behind a
 file meta derived from the request and the presentation context.
@@ -25,8 +25,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from shared.config import Settings
 from shared.dicom.part10 import file_meta
-from shared.ingest import Ingestor
 from shared.metrics import ASSOCIATIONS, ASSOCIATIONS_REJECTED
+from shared.pipeline.ingest import Ingestor
 
 log = logging.getLogger("medhash.listener")
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from services.indexer import Indexer
-from shared.encode import BatchEncoder, EncodeStage, open_encoder
-from shared.preprocess import PreprocessOptions, Preprocessor
-from shared.queue import InProcessDispatcher, Stage
-from shared.reconciler import Reconciler
-from shared.runtime import Runtime
+from shared.hashing.inference import BatchEncoder, open_encoder
+from shared.pipeline.encode import EncodeStage
+from shared.pipeline.index import Indexer
+from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
+from shared.pipeline.queues import InProcessDispatcher, Stage
+from shared.pipeline.reconcile import Reconciler
+from shared.pipeline.wiring import Runtime
 
 log = logging.getLogger("medhash.pipeline")
 

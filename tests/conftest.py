@@ -19,10 +19,16 @@ import pytest
 import redis
 
 from services.listener import Listener
-from shared.runtime import Runtime
 from shared.config import Settings
-from shared.ingest import Ingestor
-from tests.servers import OrthancServer, PostgresServer, RedisServer, S3Server, require_binary
+from shared.pipeline.ingest import Ingestor
+from shared.pipeline.wiring import Runtime
+from tests.servers import (
+    OrthancServer,
+    PostgresServer,
+    RedisServer,
+    S3Server,
+    require_binary,
+)
 
 _names = itertools.count(1)
 

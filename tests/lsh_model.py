@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.checkpoint import save_checkpoint
-from shared.datasets import DEFAULT_NORMALIZATION, resize_image, to_model_input
-from shared.models import create_model
+from shared.hashing.checkpoint import save_checkpoint
+from shared.hashing.models import create_model
+from shared.hashing.transform import DEFAULT_NORMALIZATION, resize_image, to_model_input
 
 
 def picture(seed: int, size: int = 64) -> np.ndarray:

@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery.signals import worker_shutdown
 
-from shared.catalog import CatalogUnavailable
 from shared.config import get_settings
-from shared.objectstore import ObjectStoreUnavailable
-from shared.preprocess import PreprocessOptions, Preprocessor
-from shared.queue import Stage
-from shared.runtime import Runtime
+from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
+from shared.pipeline.queues import Stage
+from shared.pipeline.wiring import Runtime
+from shared.storage.catalog import CatalogUnavailable
+from shared.storage.objectstore import ObjectStoreUnavailable
 from workers.app import app
 
 if TYPE_CHECKING:  # torch and faiss load only in the processes that encode or index
-    from services.indexer import Indexer
-    from shared.encode import EncodeStage
+    from shared.pipeline.encode import EncodeStage
+    from shared.pipeline.index import Indexer
 
 TRANSIENT = (ObjectStoreUnavailable, CatalogUnavailable)
 T = TypeVar("T")
@@ -78,7 +78,8 @@ def _preprocessor() -> Preprocessor:
 
 @once_per_process
 def encode_stage() -> EncodeStage:
-    from shared.encode import EncodeStage, open_encoder
+    from shared.hashing.inference import open_encoder
+    from shared.pipeline.encode import EncodeStage
 
     runtime = _runtime()
     return EncodeStage(runtime.store, runtime.catalog, runtime.dispatcher, open_encoder(runtime.settings))
@@ -87,7 +88,7 @@ def encode_stage() -> EncodeStage:
 @once_per_process
 def indexer() -> Indexer:
     """The process's single index writer, flushing on its own thread."""
-    from services.indexer import Indexer
+    from shared.pipeline.index import Indexer
 
     runtime = _runtime()
     encoder = encode_stage().encoder  # the model version and bits come from the checkpoint

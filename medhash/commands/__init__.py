@@ -1,1 +1,1 @@
-"""The `medhash` sub-commands, one module per area (ingest, models, ...)."""
+"""The `medhash` sub-commands, one module per area: services, send, status, learning, demo."""

@@ -39,7 +39,7 @@ from shared.config import Settings, get_settings
 from shared.logs import setup_logging
 
 if TYPE_CHECKING:
-    from shared.runtime import Runtime
+    from shared.pipeline.wiring import Runtime
 
 console = Console()
 
@@ -73,7 +73,7 @@ def demo(
     model = work / "model.pt"
     console.print(f"2. training DAFH (EfficientNet-B0, 64 px, {bits} bits, {epochs} epochs) on the "
                   f"{len(database)} database images")
-    from medhash.commands.models import train
+    from medhash.commands.learning import train
 
     train(data=write_class_folders(database, work / "train"), out=model, method="dafh", bits=bits,
           backbone="efficientnet_b0",
@@ -93,14 +93,14 @@ def demo(
 
 def _run_story(settings: Settings, work: Path, database: list[LabelledImage],
                queries: list[LabelledImage], serve: bool) -> bool:
-    from medhash.commands.ingest import wait_for_signal
+    from medhash.commands.services import wait_for_signal
     from services.listener import Listener
     from services.pipeline import EmbeddedPipeline
     from services.search import create_app
     from services.search.background import BackgroundServer
     from shared.dicom.sender import Sender, collect_files
-    from shared.ingest import Ingestor
-    from shared.runtime import Runtime
+    from shared.pipeline.ingest import Ingestor
+    from shared.pipeline.wiring import Runtime
 
     runtime = Runtime.from_settings(settings)
     pipeline = EmbeddedPipeline.start(runtime)
@@ -170,7 +170,7 @@ def _query(url: str, labels: dict[str, str], queries: list[LabelledImage], k: in
             if number % max(len(queries) // 6, 1) == 0 and table.row_count < 6:
                 table.add_row(query.label, ", ".join(
                     f"{labels.get(r['sop_instance_uid'], '?')} ({r['distance']})" for r in results[:5]))
-    from shared.evaluation import average_precision
+    from shared.learning.evaluation import average_precision
 
     rel = np.array(relevance, dtype=bool)
     console.print(table)

@@ -1,6 +1,6 @@
 """The search service: HTTP API, Prometheus metrics and the search page, over ``shared/``.
 
-``create_app`` wires a :class:`~shared.runtime.Runtime` (catalog, object store) and the
+``create_app`` wires a :class:`~shared.pipeline.wiring.Runtime` (catalog, object store) and the
 checkpoint's encoder into a FastAPI app; all the work happens in
 :class:`~services.search.engine.SearchEngine` and ``shared/``. The app is served by uvicorn
 (``medhash search``); tests drive it in-process.
@@ -55,10 +55,11 @@ from services.search.schemas import (
 )
 from services.search.uploads import read_search_request
 from shared.dicom.pixels import PixelPipelineError
-from shared.dicom.slices import thumbnail_png
-from shared.encode import BatchEncoder, UnreadableQuery, open_encoder
+from shared.hashing.inference import BatchEncoder, open_encoder
 from shared.index import configure_search_threads
-from shared.runtime import Runtime
+from shared.pipeline.query import UnreadableQuery
+from shared.pipeline.wiring import Runtime
+from shared.storage.slice_format import thumbnail_png
 
 log = logging.getLogger("medhash.search")
 

@@ -1,7 +1,7 @@
 """What the search service does, free of HTTP: query -> codes -> index -> described results.
 
 A query is either an upload (DICOM, PNG or JPEG), turned into slices exactly as the pipeline
-would have stored them (:func:`shared.encode.query_slices`) and encoded with the same model,
+would have stored them (:func:`shared.pipeline.query.query_slices`) and encoded with the same model,
 or a stored instance, whose codes are read from the catalog. A multi-frame query searches
 with every frame (evenly spaced ones above ``max_query_frames``) and merges: a result's
 distance is its smallest distance to any query frame, so a slice of a stored volume finds
@@ -29,12 +29,13 @@ from typing import Literal
 import numpy as np
 
 from services.search.metrics import INDEX_GENERATION, INDEX_REFRESH_FAILURES, INDEX_SIZE
-from shared.catalog import Instance, SliceDetail
-from shared.dicom.slices import decode_slice, thumbnail_png
-from shared.encode import BatchEncoder, query_slices
+from shared.hashing.inference import BatchEncoder
 from shared.index import LiveSearcher, Searcher
-from shared.preprocess import PreprocessOptions
-from shared.runtime import Runtime
+from shared.pipeline.preprocess import PreprocessOptions
+from shared.pipeline.query import query_slices
+from shared.pipeline.wiring import Runtime
+from shared.storage.catalog import Instance, SliceDetail
+from shared.storage.slice_format import decode_slice, thumbnail_png
 
 log = logging.getLogger("medhash.search")
 
@@ -188,7 +189,7 @@ class SearchEngine:
     def search_upload(self, data: bytes, k: int, include_excluded: bool = False) -> SearchOutcome:
         """Search with an uploaded DICOM file or picture.
 
-        Raises :class:`shared.encode.UnreadableQuery` or a
+        Raises :class:`shared.pipeline.query.UnreadableQuery` or a
         :class:`shared.dicom.pixels.PixelPipelineError` for files that yield no slice.
         """
         encoder, searcher = self._ready()

@@ -12,7 +12,6 @@ from io import BytesIO
 import pydicom
 from pydicom.dataset import Dataset
 
-
 _TAGS = [
     "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
     "PatientID", "Modality", "BodyPartExamined", "NumberOfFrames",

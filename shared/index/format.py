@@ -12,7 +12,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from shared.objectstore import InvalidKey, ObjectStore, check_key
+from shared.storage.objectstore import InvalidKey, ObjectStore, check_key
 
 FORMAT_VERSION = 1
 ROOT = "index/"

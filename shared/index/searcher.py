@@ -25,7 +25,7 @@ from shared.index.format import (
     latest_generation,
     read_manifest,
 )
-from shared.objectstore import ObjectNotFound, ObjectStore
+from shared.storage.objectstore import ObjectNotFound, ObjectStore
 
 Results = list[list[tuple[int, int]]]
 _OPEN_ATTEMPTS = 3

@@ -30,7 +30,7 @@ from shared.index.format import (
     read_manifest,
     shard_key,
 )
-from shared.objectstore import ObjectStore, ObjectStoreError
+from shared.storage.objectstore import ObjectStore, ObjectStoreError
 
 log = logging.getLogger("medhash.index")
 

@@ -165,9 +165,9 @@ def code_metrics() -> dict[str, set[str]]:
 def label_values() -> dict[tuple[str, str], set[str]]:
     """Known values of enumerated labels: (metric sample prefix, label) -> values."""
     from services.search.app import OUTCOMES
-    from shared.catalog import InstanceState
-    from shared.ingest import StoreStatus
-    from shared.queue import Stage
+    from shared.pipeline.ingest import StoreStatus
+    from shared.pipeline.queues import Stage
+    from shared.storage.catalog import InstanceState
 
     states = {state.value for state in InstanceState}
     return {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.dicom.slices import decode_slice, encode_slice, thumbnail_png
+from shared.storage.slice_format import decode_slice, encode_slice, thumbnail_png
 
 pytestmark = pytest.mark.unit
 

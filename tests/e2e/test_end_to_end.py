@@ -11,18 +11,18 @@ import io
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from shared.catalog import open_catalog
 from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
+from shared.storage.catalog import open_catalog
 from tests.e2e.topology import Topology, distributed_topology, embedded_topology
 from tests.lsh_model import build_lsh_checkpoint, picture
 

@@ -20,7 +20,7 @@ from shared.index import (
     latest_generation,
     list_model_versions,
 )
-from shared.objectstore import InvalidKey, LocalObjectStore, ObjectNotFound
+from shared.storage.objectstore import InvalidKey, LocalObjectStore, ObjectNotFound
 
 pytestmark = pytest.mark.unit
 

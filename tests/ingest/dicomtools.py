@@ -6,8 +6,10 @@ import subprocess
 import zlib
 from pathlib import Path
 
-from pydicom.filereader import read_preamble
-from pydicom.filereader import _read_file_meta_info  # noqa: PLC2701 - offset of the dataset
+from pydicom.filereader import (
+    _read_file_meta_info,  # noqa: PLC2701 - offset of the dataset
+    read_preamble,
+)
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from tests.conftest import dcmtk, dcmtk_env

@@ -6,10 +6,15 @@ import dataclasses
 
 import pytest
 
-from shared.catalog import CatalogUnavailable, InstanceState, NewInstance, open_catalog
-from shared.catalog.db import migrate
-from shared.catalog.migrations import LATEST_VERSION
 from shared.config import Settings
+from shared.storage.catalog import (
+    CatalogUnavailable,
+    InstanceState,
+    NewInstance,
+    open_catalog,
+)
+from shared.storage.catalog.db import migrate
+from shared.storage.catalog.migrations import LATEST_VERSION
 from tests.servers import PostgresServer
 
 NEW = NewInstance(

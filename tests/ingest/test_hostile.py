@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pydicom.dataset import FileMetaDataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.pdu import P_DATA_TF
 

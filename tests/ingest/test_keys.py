@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from shared.dicom.header import HeaderSummary
 from shared.dicom.uids import InvalidUID, clean_uid
-from shared.ingest import raw_object_key
-from shared.objectstore import InvalidKey, LocalObjectStore, check_key
+from shared.pipeline.ingest import raw_object_key
+from shared.storage.objectstore import InvalidKey, LocalObjectStore, check_key
 
 pytestmark = pytest.mark.unit
 

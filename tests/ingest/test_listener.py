@@ -12,14 +12,14 @@ import pytest
 import redis
 from pydicom.filereader import read_file_meta_info
 
-from shared.catalog import InstanceState
 from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import StudyIds, make_ct, write, write_ct_series
-from shared.queue import CeleryDispatcher, InProcessDispatcher, Stage
+from shared.pipeline.queues import CeleryDispatcher, InProcessDispatcher, Stage
+from shared.storage.catalog import InstanceState
 from tests.conftest import RunningListener, dcmtk, dcmtk_env
-from tests.shipped import shipped_files
 from tests.ingest.dicomtools import dataset_bytes, storescu, storescu_config
+from tests.shipped import shipped_files
 
 pytestmark = pytest.mark.integration
 

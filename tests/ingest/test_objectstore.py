@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from shared.objectstore import (
+from shared.storage.objectstore import (
     InvalidKey,
     ObjectNotFound,
     ObjectStore,
     ObjectStoreUnavailable,
     open_object_store,
 )
-from shared.objectstore.s3 import S3ObjectStore
+from shared.storage.objectstore.s3 import S3ObjectStore
 from tests.servers import S3Server
 
 

@@ -10,7 +10,7 @@ import pytest
 from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import write_ct_series
-from shared.ingest import StoreStatus
+from shared.pipeline.ingest import StoreStatus
 from tests.conftest import RunningListener
 from tests.servers import PostgresServer, S3Server
 

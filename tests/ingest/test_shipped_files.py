@@ -11,11 +11,10 @@ from __future__ import annotations
 import subprocess
 from collections import Counter
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 
 import pytest
-from io import BytesIO
-
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info

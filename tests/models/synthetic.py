@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.datasets import ImageSet
+from shared.learning.datasets import ImageSet
 
 
 def pattern(label: int, size: int, rng: np.random.Generator) -> np.ndarray:

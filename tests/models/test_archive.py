@@ -11,17 +11,17 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 from typer.testing import CliRunner
 
-from medhash.commands.models import app
-from shared.archive import CatalogSlices
+from medhash.commands.learning import app
 from shared.config import Settings, get_settings
-from shared.datasets import load_labelled_slices
-from shared.dicom.slices import decode_slice
 from shared.dicom.synthetic import StudyIds, write_ct_series
-from shared.encode import to_model_uint8
-from shared.ingest import Ingestor, StoreStatus
-from shared.objectstore import ObjectStore
-from shared.preprocess import PreprocessOptions, Preprocessor
-from shared.runtime import Runtime
+from shared.hashing.transform import to_model_uint8
+from shared.learning.archive import CatalogSlices
+from shared.learning.datasets import load_labelled_slices
+from shared.pipeline.ingest import Ingestor, StoreStatus
+from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
+from shared.pipeline.wiring import Runtime
+from shared.storage.objectstore import ObjectStore
+from shared.storage.slice_format import decode_slice
 
 
 @dataclass

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared.checkpoint import load_checkpoint, save_checkpoint, update_metrics
-from shared.datasets import DEFAULT_NORMALIZATION
-from shared.models import create_model
+from shared.hashing.checkpoint import load_checkpoint, save_checkpoint, update_metrics
+from shared.hashing.models import create_model
+from shared.hashing.transform import DEFAULT_NORMALIZATION
 from tests.models.synthetic import synthetic_set
 
 pytestmark = pytest.mark.unit

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medhash.commands.models import app
+from medhash.commands.learning import app
 from tests.models.synthetic import write_png_folder
 
 pytestmark = pytest.mark.unit

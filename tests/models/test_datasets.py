@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from shared.datasets import (
-    Augmenter, balanced_batches, list_folder, load_folder, load_labelled_slices, split_folder, stratified_split,
+from shared.learning.datasets import (
+    Augmenter,
+    balanced_batches,
+    list_folder,
+    load_folder,
+    load_labelled_slices,
+    split_folder,
+    stratified_split,
 )
 from tests.models.synthetic import write_png_folder
 
@@ -18,7 +24,11 @@ pytestmark = pytest.mark.unit
 
 def _write_dicom(path: Path, pixels: np.ndarray) -> None:
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.evaluation import average_precision, hamming_distances, retrieval_metrics, save_report, tie_aware_ap
+from shared.learning.evaluation import (
+    average_precision,
+    hamming_distances,
+    retrieval_metrics,
+    save_report,
+    tie_aware_ap,
+)
 
 pytestmark = pytest.mark.unit
 

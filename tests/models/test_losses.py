@@ -6,11 +6,21 @@ import math
 import pytest
 import torch
 
-from shared.losses import (
-    DAFHCriterion, SaliencyFusionCriterion, mined_triplet, bit_balance_loss, dpn_loss, dpn_targets, dpsh_loss,
-    dsh_loss, focal_loss, hashnet_loss, quantization_loss, triplet_distances,
+from shared.hashing.losses import (
+    DAFHCriterion,
+    SaliencyFusionCriterion,
+    bit_balance_loss,
+    dpn_loss,
+    dpn_targets,
+    dpsh_loss,
+    dsh_loss,
+    focal_loss,
+    hashnet_loss,
+    mined_triplet,
+    quantization_loss,
+    triplet_distances,
 )
-from shared.models import HashOutput
+from shared.hashing.models import HashOutput
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from shared.datasets import to_model_input
-from shared.evaluation import retrieval_metrics
-from shared.models import HashHead, create_model, list_models, resolve_name
-from shared.training import TrainConfig, fit
+from shared.hashing.models import HashHead, create_model, list_models, resolve_name
+from shared.hashing.transform import to_model_input
+from shared.learning.evaluation import retrieval_metrics
+from shared.learning.training import TrainConfig, fit
 from tests.models.synthetic import synthetic_set
 
 pytestmark = pytest.mark.unit

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.training import TrainConfig, fit, learning_rate
+from shared.learning.training import TrainConfig, fit, learning_rate
 from tests.models.synthetic import synthetic_set
 
 pytestmark = pytest.mark.unit

@@ -13,15 +13,19 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.filereader import read_file_meta_info
 
-from shared.catalog import InstanceState
 from shared.config import Settings
-from shared.dicom.slices import decode_slice
 from shared.dicom.synthetic import StudyIds, make_ct, write
-from shared.ingest import Ingestor, StoreStatus
-from shared.preprocess import PreprocessOptions, Preprocessor, clean_stable_series
-from shared.queue import InProcessDispatcher, Stage
-from shared.reconciler import Reconciler
-from shared.runtime import Runtime
+from shared.pipeline.ingest import Ingestor, StoreStatus
+from shared.pipeline.preprocess import (
+    PreprocessOptions,
+    Preprocessor,
+    clean_stable_series,
+)
+from shared.pipeline.queues import InProcessDispatcher, Stage
+from shared.pipeline.reconcile import Reconciler
+from shared.pipeline.wiring import Runtime
+from shared.storage.catalog import InstanceState
+from shared.storage.slice_format import decode_slice
 from tests.shipped import shipped_files
 
 pytestmark = pytest.mark.unit

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.catalog import InstanceState
 from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import write_ct_series
-from shared.queue import Stage
-from shared.reconciler import Reconciler
+from shared.pipeline.queues import Stage
+from shared.pipeline.reconcile import Reconciler
+from shared.storage.catalog import InstanceState
 from tests.conftest import RunningListener
 from tests.servers import RedisServer
 

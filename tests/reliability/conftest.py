@@ -25,7 +25,13 @@ from deploy.local_stack import LocalStack
 from shared.config import Settings
 from tests.e2e.topology import _env
 from tests.lsh_model import build_lsh_checkpoint
-from tests.reliability.harness import ALLOWED_AE, API_KEY, Deployment, Gate, stream_files_unchanged
+from tests.reliability.harness import (
+    ALLOWED_AE,
+    API_KEY,
+    Deployment,
+    Gate,
+    stream_files_unchanged,
+)
 from tests.servers import PostgresServer, RedisServer, S3Server, free_port
 
 RECONCILE_AFTER_S = 5.0

@@ -19,11 +19,9 @@ import contextlib
 import hashlib
 import itertools
 import os
-import socket
 import signal
+import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -38,13 +36,18 @@ import numpy as np
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from deploy.local_stack import PROCESSES, LocalStack
-from shared.catalog import Catalog, CatalogUnavailable, InstanceState, open_catalog
+from deploy.local_stack import LocalStack
 from shared.config import Settings
-from shared.dicom.sender import SendResult, Sender
+from shared.dicom.sender import Sender, SendResult
 from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
 from shared.index import Searcher
-from shared.objectstore import ObjectStore, open_object_store
+from shared.storage.catalog import (
+    Catalog,
+    CatalogUnavailable,
+    InstanceState,
+    open_catalog,
+)
+from shared.storage.objectstore import ObjectStore, open_object_store
 from tests.lsh_model import picture
 
 T = TypeVar("T")

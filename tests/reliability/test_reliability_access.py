@@ -25,10 +25,18 @@ from pathlib import Path
 
 import pytest
 
-from shared.catalog import InstanceState
 from shared.dicom.sender import Sender
+from shared.storage.catalog import InstanceState
 from tests.ingest.test_tls import issue
-from tests.reliability.harness import ALLOWED_AE, Batch, Deployment, audit, echo, ingest, wait_until
+from tests.reliability.harness import (
+    ALLOWED_AE,
+    Batch,
+    Deployment,
+    audit,
+    echo,
+    ingest,
+    wait_until,
+)
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]

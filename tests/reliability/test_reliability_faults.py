@@ -24,9 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from shared.catalog import InstanceState
+from shared.storage.catalog import InstanceState
 from tests.reliability.harness import (
-    Batch, Deployment, Gate, IngestRun, audit, ingest, scaled, wait_stored,
+    Batch,
+    Deployment,
+    Gate,
+    IngestRun,
+    audit,
+    ingest,
+    scaled,
+    wait_stored,
 )
 from tests.servers import PostgresServer, RedisServer
 

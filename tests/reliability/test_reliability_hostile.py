@@ -41,18 +41,28 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from shared.catalog import InstanceState
 from shared.dicom.header import read_header
 from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
 from shared.dicom.uids import InvalidUID, clean_uid
-from shared.objectstore import check_key
+from shared.storage.catalog import InstanceState
+from shared.storage.objectstore import check_key
 from tests.lsh_model import picture
 from tests.reliability.harness import (
-    ALLOWED_AE, PICTURE_SIDE, Deployment, audit, echo, scaled, wait_until,
+    ALLOWED_AE,
+    PICTURE_SIDE,
+    Deployment,
+    audit,
+    echo,
+    scaled,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]

@@ -25,7 +25,13 @@ from PIL import Image
 
 from tests.lsh_model import picture
 from tests.reliability.harness import (
-    PICTURE_SIDE, Batch, Deployment, audit, describe_latencies, ingest, scaled,
+    PICTURE_SIDE,
+    Batch,
+    Deployment,
+    audit,
+    describe_latencies,
+    ingest,
+    scaled,
 )
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]

@@ -24,14 +24,15 @@ from fastapi import FastAPI
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from services.indexer import Indexer
-from shared.checkpoint import load_checkpoint
 from shared.config import Settings
 from shared.dicom.synthetic import StudyIds, make_ct, make_secondary_capture
-from shared.encode import BatchEncoder, EncodeStage
-from shared.ingest import Ingestor, StoreStatus
-from shared.preprocess import PreprocessOptions, Preprocessor
-from shared.runtime import Runtime
+from shared.hashing.checkpoint import load_checkpoint
+from shared.hashing.inference import BatchEncoder
+from shared.pipeline.encode import EncodeStage
+from shared.pipeline.index import Indexer
+from shared.pipeline.ingest import Ingestor, StoreStatus
+from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
+from shared.pipeline.wiring import Runtime
 from tests.lsh_model import build_lsh_checkpoint, picture
 
 IMAGE_SIZE = 48

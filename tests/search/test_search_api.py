@@ -1,7 +1,7 @@
 """The HTTP contract of the search service over a real embedded runtime and index.
 
 Every query here goes through the same code the service runs in production: uploads are
-decoded by ``shared.encode.query_slices`` and encoded by the checkpoint's model, the index is
+decoded by ``shared.pipeline.query.query_slices`` and encoded by the checkpoint's model, the index is
 ``shared.index`` as the indexer publishes it, and results are checked against a brute-force
 Hamming ranking of every code in the catalog.
 """
@@ -24,7 +24,7 @@ from pydicom.uid import BasicTextSRStorage
 
 from services.search import create_app
 from shared.dicom.synthetic import StudyIds, make_secondary_capture
-from shared.encode import BatchEncoder
+from shared.hashing.inference import BatchEncoder
 from tests.search.conftest import World, part10, picture, png_bytes
 
 pytestmark = pytest.mark.unit

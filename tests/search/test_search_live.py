@@ -15,9 +15,15 @@ from fastapi.testclient import TestClient
 
 from services.search import create_app
 from shared.dicom.synthetic import StudyIds, make_secondary_capture
-from shared.encode import BatchEncoder
-from shared.runtime import Runtime
-from tests.search.conftest import picture, pipeline_in, png_bytes, search_settings, served
+from shared.hashing.inference import BatchEncoder
+from shared.pipeline.wiring import Runtime
+from tests.search.conftest import (
+    picture,
+    pipeline_in,
+    png_bytes,
+    search_settings,
+    served,
+)
 
 pytestmark = pytest.mark.unit
 

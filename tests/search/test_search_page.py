@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from services.search import create_app
-from shared.encode import BatchEncoder
+from shared.hashing.inference import BatchEncoder
 from tests.search.conftest import World, png_bytes, served
 from tests.servers import require_binary
 

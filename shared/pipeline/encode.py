@@ -1,0 +1,67 @@
+"""The encode stage: a preprocessed instance's slices become packed hash codes.
+
+Codes are written per slice with the model version, and the instance moves
+``preprocessed -> encoded`` in the same transaction, which only the first delivery wins.
+The model itself runs in :class:`shared.hashing.inference.BatchEncoder`, shared by every
+task of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from shared.hashing.inference import BatchEncoder
+from shared.metrics import STAGE_OUTCOMES, STAGE_SECONDS
+from shared.pipeline.queues import Dispatcher, Stage
+from shared.storage.catalog import Catalog, InstanceState, SliceCodes
+from shared.storage.objectstore import ObjectNotFound, ObjectStore
+from shared.storage.slice_format import decode_slice
+
+log = logging.getLogger("medhash.encode")
+
+__all__ = ["EncodeStage"]
+
+
+@dataclass
+class EncodeStage:
+    """Encodes one preprocessed instance's slices; safe to call any number of times."""
+
+    store: ObjectStore
+    catalog: Catalog
+    dispatcher: Dispatcher
+    encoder: BatchEncoder
+
+    def run(self, instance_id: int) -> InstanceState | None:
+        with STAGE_SECONDS.labels(stage="encode").time():
+            state = self._run(instance_id)
+        STAGE_OUTCOMES.labels(stage="encode", outcome=state.value if state else "noop").inc()
+        return state
+
+    def _run(self, instance_id: int) -> InstanceState | None:
+        instance = self.catalog.get(instance_id)
+        if instance is None or instance.state is not InstanceState.PREPROCESSED:
+            return None
+        extra = {"stage": "encode", "sop_instance_uid": instance.sop_instance_uid,
+                 "instance_id": instance_id}
+        slices = self.catalog.slices(instance_id)
+        try:
+            arrays = [decode_slice(self.store.get(item.object_key)) for item in slices]
+        except ObjectNotFound as exc:
+            # slices are derived data: one lost (power cut) is made again from the raw bytes
+            self.catalog.transition(instance_id, InstanceState.PREPROCESSED, InstanceState.RECEIVED,
+                                    reason=f"slice missing ({exc}); preprocessing again")
+            self.dispatcher.enqueue(Stage.PREPROCESS, instance_id)
+            log.warning("slice object missing, sent back to preprocess", extra=extra)
+            return InstanceState.RECEIVED
+        codes = self.encoder.encode(arrays)
+        items = [(item.id, code.tobytes()) for item, code in zip(slices, codes, strict=True)]
+        if not self.catalog.transition(
+            instance_id, InstanceState.PREPROCESSED, InstanceState.ENCODED,
+            codes=SliceCodes(self.encoder.model_version, items),
+        ):
+            return None
+        log.info("%d slices encoded with model %s", len(items), self.encoder.model_version[:12],
+                 extra=extra)
+        self.dispatcher.enqueue(Stage.INDEX, instance_id)
+        return InstanceState.ENCODED

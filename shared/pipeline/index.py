@@ -1,0 +1,100 @@
+"""The indexer: merges new codes into the sharded Hamming index of the active model version.
+
+Messages on the ``index`` queue name encoded instances. Their codes are buffered in an
+:class:`~shared.index.IndexWriter`; every ``MEDHASH_INDEX_FLUSH_S`` the buffer becomes a delta
+segment and a new manifest generation, and only then do those instances move to
+``indexed``: "indexed" always means "in a published generation". A crash before the flush
+loses only the buffer; the instances are still ``encoded`` and the reconciler sends them
+again (re-adding an id replaces its code, so nothing is indexed twice). Deltas are merged
+into the shards in the background once there are more than ``MEDHASH_INDEX_COMPACT_DELTAS``.
+There is one indexer per model version: the index has a single writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from shared.index import IndexWriter
+from shared.metrics import STAGE_OUTCOMES, STAGE_SECONDS
+from shared.storage.catalog import Catalog, CatalogUnavailable, InstanceState
+from shared.storage.objectstore import ObjectStore, ObjectStoreUnavailable
+
+log = logging.getLogger("medhash.indexer")
+
+
+class Indexer:
+    def __init__(
+        self,
+        store: ObjectStore,
+        catalog: Catalog,
+        model_version: str,
+        bits: int,
+        *,
+        shards: int = 8,
+        flush_s: float = 1.0,
+        compact_deltas: int = 32,
+    ) -> None:
+        self.catalog = catalog
+        self.model_version = model_version
+        self.writer = IndexWriter(store, model_version, bits, shards=shards)
+        self.flush_s = flush_s
+        self.compact_deltas = compact_deltas
+        self._pending: set[int] = set()
+        self._deltas_since_compaction = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add_instance(self, instance_id: int) -> None:
+        """Buffer an encoded instance's codes; they are published by the next flush."""
+        rows = self.catalog.codes_of_instances([instance_id], self.model_version)
+        if not rows:
+            return  # not encoded with this model version (yet): nothing to index
+        ids = np.array([slice_id for slice_id, _, _ in rows], dtype=np.int64)
+        codes = np.frombuffer(b"".join(code for _, _, code in rows), dtype=np.uint8)
+        with self._lock:
+            self.writer.add(ids, codes.reshape(len(rows), -1))
+            self._pending.add(instance_id)
+
+    def flush(self) -> int | None:
+        """Publish buffered codes as a new generation, then mark their instances indexed."""
+        with STAGE_SECONDS.labels(stage="index").time():
+            return self._flush()
+
+    def _flush(self) -> int | None:
+        with self._lock:
+            generation = self.writer.flush()
+            published, self._pending = sorted(self._pending), set()
+            if generation is not None:
+                self._deltas_since_compaction += 1
+            if self._deltas_since_compaction > self.compact_deltas:
+                generation = self.writer.compact() or generation
+                self._deltas_since_compaction = 0
+        if published:
+            moved = self.catalog.transition_many(published, InstanceState.ENCODED, InstanceState.INDEXED)
+            STAGE_OUTCOMES.labels(stage="index", outcome="indexed").inc(len(moved))
+            log.info("generation %s published: %d instances indexed", generation, len(moved),
+                     extra={"stage": "indexer"})
+        return generation
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            try:
+                self.flush()
+            except (CatalogUnavailable, ObjectStoreUnavailable) as exc:
+                log.warning("flush failed, retrying: %s", exc, extra={"stage": "indexer"})
+            except Exception:
+                log.exception("flush failed", extra={"stage": "indexer"})
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="medhash-indexer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.flush()

@@ -1,0 +1,80 @@
+"""The reconciler: the catalog says what is unfinished, so nothing depends on a queue message.
+
+Redis keeps nothing on disk here, a worker can be killed mid-task and a publish can fail; in
+each case an instance sits in a non-final state with no message for it. The reconciler
+re-enqueues every instance that has sat in such a state longer than
+``MEDHASH_RECONCILE_AFTER_S``; the stages are idempotent, so an extra message is harmless,
+and each stage counts the attempts it starts, failing an instance that keeps killing its
+worker (see :class:`shared.pipeline.preprocess.Preprocessor`). It also runs the IQR cleaning of
+series that became stable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from shared.config import Settings
+from shared.metrics import INSTANCES
+from shared.pipeline.preprocess import PreprocessOptions, clean_stable_series
+from shared.pipeline.queues import Dispatcher, Stage
+from shared.storage.catalog import Catalog, CatalogUnavailable, InstanceState
+
+log = logging.getLogger("medhash.reconciler")
+
+# The stage that takes an instance out of each non-final state.
+NEXT_STAGE: dict[InstanceState, Stage] = {
+    InstanceState.RECEIVED: Stage.PREPROCESS,
+    InstanceState.PREPROCESSED: Stage.ENCODE,
+    InstanceState.ENCODED: Stage.INDEX,
+}
+
+
+class Reconciler:
+    def __init__(self, catalog: Catalog, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.catalog = catalog
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.thresholds = PreprocessOptions.from_settings(settings).thresholds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> int:
+        """One scan; returns how many instances were re-enqueued."""
+        resent = 0
+        for state, stage in NEXT_STAGE.items():
+            if stage is not Stage.PREPROCESS and self.settings.model is None:
+                continue  # no model configured: nothing consumes encode/index, let them wait
+            for instance in self.catalog.stale(state, self.settings.reconcile_after_s):
+                self.catalog.touch(instance.id)
+                self.dispatcher.enqueue(stage, instance.id)
+                log.info(
+                    "re-enqueued to %s after %.0f s in %s", stage.value,
+                    self.settings.reconcile_after_s, state.value,
+                    extra={"stage": "reconciler", "sop_instance_uid": instance.sop_instance_uid,
+                           "instance_id": instance.id},
+                )
+                resent += 1
+        clean_stable_series(self.catalog, self.thresholds, self.settings.series_stable_s)
+        for state_name, count in self.catalog.counts_by_state().items():
+            INSTANCES.labels(state=state_name).set(count)
+        return resent
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reconcile_interval_s):
+            try:
+                self.run_once()
+            except CatalogUnavailable as exc:
+                log.warning("catalog unavailable, retrying next round: %s", exc)
+            except Exception:
+                log.exception("reconciler round failed")
+
+    def start(self) -> None:
+        """Scan every ``reconcile_interval_s`` on a background thread."""
+        self._thread = threading.Thread(target=self._loop, name="medhash-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
