@@ -16,13 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medhash.commands.services import wait_for_signal
+from shared.background import Periodic, wait_for_signal
 
 # name -> `medhash` arguments; the worker layout of docs/operations.md
 PROCESSES: dict[str, list[str]] = {
@@ -44,6 +43,7 @@ class LocalStack:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _started_at: dict[str, float] = field(default_factory=dict)
 
     def start(self, timeout_s: float = 120.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -65,8 +65,8 @@ class LocalStack:
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
-    def supervise(self, stop: threading.Event, poll_s: float = 1.0, backoff_s: float = 5.0) -> None:
-        """Restart any process that exits until ``stop`` is set, as docker-compose's
+    def supervisor(self, poll_s: float = 1.0, backoff_s: float = 5.0) -> Periodic:
+        """A loop (not started) restarting any process that exits, as docker-compose's
         ``restart: unless-stopped`` and a Kubernetes Deployment do.
 
         Why: Celery's threads-pool workers (encode, indexer) can exit on a Redis restart
@@ -75,15 +75,18 @@ class LocalStack:
         supervisor that stage would stay down. ``backoff_s`` spaces restarts of a process
         that keeps failing (e.g. the catalog is down at start-up).
         """
-        last_start: dict[str, float] = {}
-        while not stop.wait(poll_s):
-            for name, process in list(self.processes.items()):
-                if process.poll() is None or time.monotonic() - last_start.get(name, -backoff_s) < backoff_s:
-                    continue
-                print(f"{name} exited with {process.returncode}; restarting (log: {self.log_dir / name}.log)",
-                      file=sys.stderr, flush=True)
-                last_start[name] = time.monotonic()
-                self.spawn(name, note=f"restarted after exit code {process.returncode}")
+        return Periodic("supervisor", poll_s, lambda: self.restart_exited(backoff_s))
+
+    def restart_exited(self, backoff_s: float) -> None:
+        """Start again every process that exited, unless it was started less than
+        ``backoff_s`` ago."""
+        for name, process in list(self.processes.items()):
+            if process.poll() is None or time.monotonic() - self._started_at.get(name, -backoff_s) < backoff_s:
+                continue
+            print(f"{name} exited with {process.returncode}; restarting (log: {self.log_dir / name}.log)",
+                  file=sys.stderr, flush=True)
+            self._started_at[name] = time.monotonic()
+            self.spawn(name, note=f"restarted after exit code {process.returncode}")
 
     def wait_for_search(self, timeout_s: float) -> None:
         """Until the search service answers and the DICOM port accepts connections."""
@@ -141,14 +144,12 @@ def main() -> None:
     stack = LocalStack(env, Path(os.environ.get("MEDHASH_STACK_LOGS", "medhash-stack-logs")))
     stack.start()
     print(f"medhash stack up: search on :{env['MEDHASH_HTTP_PORT']}, logs in {stack.log_dir}; Ctrl-C stops it")
-    stop = threading.Event()
-    supervisor = threading.Thread(target=stack.supervise, args=(stop,), name="supervisor", daemon=True)
+    supervisor = stack.supervisor()
     supervisor.start()
     try:
         wait_for_signal()
     finally:
-        stop.set()
-        supervisor.join()
+        supervisor.stop()
         stack.stop()
 
 

@@ -93,11 +93,11 @@ def demo(
 
 def _run_story(settings: Settings, work: Path, database: list[LabelledImage],
                queries: list[LabelledImage], serve: bool) -> bool:
-    from medhash.commands.services import wait_for_signal
     from services.listener import Listener
     from services.pipeline import EmbeddedPipeline
     from services.search import create_app
     from services.search.background import BackgroundServer
+    from shared.background import wait_for_signal
     from shared.dicom.sender import Sender, collect_files
     from shared.pipeline.ingest import Ingestor
     from shared.pipeline.wiring import Runtime

@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import tempfile
-import threading
 from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from shared.background import wait_for_signal
 from shared.config import get_settings
 from shared.logs import setup_logging
 
 console = Console(stderr=True)
-
-
-def wait_for_signal() -> None:
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
 
 
 def listener(

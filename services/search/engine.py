@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 
 from services.search.metrics import INDEX_GENERATION, INDEX_REFRESH_FAILURES, INDEX_SIZE
+from shared.background import Periodic
 from shared.hashing.inference import BatchEncoder
 from shared.index import LiveSearcher, Searcher
 from shared.pipeline.preprocess import PreprocessOptions
@@ -108,11 +109,10 @@ class SearchEngine:
         self.encoder = encoder
         self.options = PreprocessOptions.from_settings(runtime.settings)
         self.max_query_frames = max_query_frames
-        self.refresh_interval_s = refresh_interval_s
         self._live: LiveSearcher | None = None
         self._live_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._refresher = Periodic("search-refresh", refresh_interval_s, self._refresh_logged,
+                                   logger=log)
 
     @property
     def model_version(self) -> str | None:
@@ -147,18 +147,10 @@ class SearchEngine:
     def start(self) -> None:
         """Load what is published now, then keep refreshing in a background thread."""
         self._refresh_logged()
-        self._thread = threading.Thread(target=self._loop, name="medhash-search-refresh",
-                                        daemon=True)
-        self._thread.start()
+        self._refresher.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.refresh_interval_s):
-            self._refresh_logged()
+        self._refresher.stop()
 
     def _refresh_logged(self) -> None:
         """A failed refresh (object store down, a half-written manifest) keeps the old

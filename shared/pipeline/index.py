@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 
+from shared.background import Periodic
 from shared.index import IndexWriter
 from shared.metrics import STAGE_OUTCOMES, STAGE_SECONDS
 from shared.storage.catalog import Catalog, CatalogUnavailable, InstanceState
@@ -40,13 +41,13 @@ class Indexer:
         self.catalog = catalog
         self.model_version = model_version
         self.writer = IndexWriter(store, model_version, bits, shards=shards)
-        self.flush_s = flush_s
         self.compact_deltas = compact_deltas
         self._pending: set[int] = set()
         self._deltas_since_compaction = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("indexer", flush_s, self.flush, logger=log,
+                              expected=(CatalogUnavailable, ObjectStoreUnavailable),
+                              extra={"stage": "indexer"})
 
     def add_instance(self, instance_id: int) -> None:
         """Buffer an encoded instance's codes; they are published by the next flush."""
@@ -80,21 +81,11 @@ class Indexer:
                      extra={"stage": "indexer"})
         return generation
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            try:
-                self.flush()
-            except (CatalogUnavailable, ObjectStoreUnavailable) as exc:
-                log.warning("flush failed, retrying: %s", exc, extra={"stage": "indexer"})
-            except Exception:
-                log.exception("flush failed", extra={"stage": "indexer"})
-
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="medhash-indexer", daemon=True)
-        self._thread.start()
+        """Flush every ``flush_s`` on a background thread."""
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        """Stop flushing on the clock, then publish what is still buffered."""
+        self._loop.stop(timeout_s=30)
         self.flush()

@@ -12,8 +12,8 @@ series that became stable.
 from __future__ import annotations
 
 import logging
-import threading
 
+from shared.background import Periodic
 from shared.config import Settings
 from shared.metrics import INSTANCES
 from shared.pipeline.preprocess import PreprocessOptions, clean_stable_series
@@ -36,8 +36,8 @@ class Reconciler:
         self.dispatcher = dispatcher
         self.settings = settings
         self.thresholds = PreprocessOptions.from_settings(settings).thresholds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("reconciler", settings.reconcile_interval_s, self.run_once,
+                              logger=log, expected=(CatalogUnavailable,))
 
     def run_once(self) -> int:
         """One scan; returns how many instances were re-enqueued."""
@@ -60,21 +60,9 @@ class Reconciler:
             INSTANCES.labels(state=state_name).set(count)
         return resent
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.settings.reconcile_interval_s):
-            try:
-                self.run_once()
-            except CatalogUnavailable as exc:
-                log.warning("catalog unavailable, retrying next round: %s", exc)
-            except Exception:
-                log.exception("reconciler round failed")
-
     def start(self) -> None:
         """Scan every ``reconcile_interval_s`` on a background thread."""
-        self._thread = threading.Thread(target=self._loop, name="medhash-reconciler", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._loop.stop()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -19,8 +18,7 @@ def test_supervise_restarts_an_exited_process_until_stopped(tmp_path: Path, monk
     stack = local_stack.LocalStack({**os.environ, "MEDHASH_METRICS_PORT": "0"}, tmp_path)
     stack.spawn("short-lived")
     first = stack.processes["short-lived"]
-    stop = threading.Event()
-    supervisor = threading.Thread(target=stack.supervise, args=(stop,), kwargs={"poll_s": 0.1, "backoff_s": 1.0})
+    supervisor = stack.supervisor(poll_s=0.1, backoff_s=1.0)
     supervisor.start()
     try:
         first.wait(timeout=60)
@@ -28,9 +26,10 @@ def test_supervise_restarts_an_exited_process_until_stopped(tmp_path: Path, monk
         while stack.processes["short-lived"] is first and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        stop.set()
-        supervisor.join(timeout=10)
-    assert not supervisor.is_alive()
+        supervisor.stop()
     assert stack.processes["short-lived"] is not first
+    restarted = stack.processes["short-lived"]
+    restarted.wait(timeout=60)
+    time.sleep(1.5)  # past the back-off: a supervisor still running would restart it again
+    assert stack.processes["short-lived"] is restarted, "the supervisor kept running after stop()"
     assert "restarted after exit code 0" in (tmp_path / "short-lived.log").read_text()
-    stack.processes["short-lived"].wait(timeout=60)

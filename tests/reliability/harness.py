@@ -37,6 +37,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from deploy.local_stack import LocalStack
+from shared.background import Periodic
 from shared.config import Settings
 from shared.dicom.sender import Sender, SendResult
 from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
@@ -129,7 +130,7 @@ class Deployment:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _processes_lock: threading.RLock = field(default_factory=threading.RLock)
     _planned_down: set[str] = field(default_factory=set)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    _supervisor: Periodic | None = None
 
     @property
     def dicom_port(self) -> int:
@@ -139,22 +140,21 @@ class Deployment:
 
     def start(self) -> None:
         self.stack.start()
-        threading.Thread(target=self._supervise, name="supervisor", daemon=True).start()
+        self._supervisor = Periodic("supervisor", 0.5, self._relaunch_exited)
+        self._supervisor.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.stop(timeout_s=30)
         with self._processes_lock:
             self.stack.stop()
 
-    def _supervise(self) -> None:
-        while not self._stop.wait(0.5):
-            with self._processes_lock:
-                if self._stop.is_set():
-                    return
-                for name, process in list(self.stack.processes.items()):
-                    if name not in self._planned_down and process.poll() is not None:
-                        self.exits.append(Exit(name, process.returncode, self._last_error(name)))
-                        self.stack.spawn(name, note="relaunched")
+    def _relaunch_exited(self) -> None:
+        with self._processes_lock:
+            for name, process in list(self.stack.processes.items()):
+                if name not in self._planned_down and process.poll() is not None:
+                    self.exits.append(Exit(name, process.returncode, self._last_error(name)))
+                    self.stack.spawn(name, note="relaunched")
 
     def _last_error(self, name: str) -> str:
         lines = [line for line in self.stack.log_tail(name, 20_000).splitlines()
