@@ -378,7 +378,8 @@ def run_celery(syntax: str, instances: Sequence[Instance], warmup: Instance, ima
     """One ``medhash worker --concurrency 1`` process; clock from enqueue to all preprocessed."""
     from shared.config import Settings
     from shared.pipeline.ingest import Ingestor
-    from shared.pipeline.queues import CeleryDispatcher, InProcessDispatcher, Stage
+    from shared.pipeline.queues import CeleryDispatcher, InProcessDispatcher
+    from shared.pipeline.states import Stage
     from shared.storage.catalog import open_catalog
     from shared.storage.objectstore import open_object_store
     from workers.app import create_celery_app

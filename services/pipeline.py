@@ -15,8 +15,9 @@ from shared.hashing.inference import BatchEncoder, open_encoder
 from shared.pipeline.encode import EncodeStage
 from shared.pipeline.index import Indexer
 from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
-from shared.pipeline.queues import InProcessDispatcher, Stage
+from shared.pipeline.queues import InProcessDispatcher
 from shared.pipeline.reconcile import Reconciler
+from shared.pipeline.states import Stage
 from shared.pipeline.wiring import Runtime
 
 log = logging.getLogger("medhash.pipeline")
@@ -50,7 +51,7 @@ class EmbeddedPipeline:
                 pipeline.encoder.checkpoint.model.bits, shards=settings.index_shards,
                 flush_s=settings.index_flush_s, compact_deltas=settings.index_compact_deltas,
             )
-            dispatcher.register(Stage.INDEX, pipeline.indexer.add_instance, 1)
+            dispatcher.register(Stage.INDEX, pipeline.indexer.run, 1)
             pipeline.indexer.start()
         else:
             log.warning("MEDHASH_MODEL is not set: instances stop at `preprocessed` until it is")

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from enum import StrEnum
+from functools import wraps
+from typing import TypeVar
 
 from prometheus_client import (
     REGISTRY,
@@ -71,3 +75,24 @@ INSTANCES = Gauge(
     "Current instances in each pipeline state, as the reconciler last counted them.",
     ["state"],
 )
+
+
+S = TypeVar("S")
+R = TypeVar("R", bound=StrEnum)
+
+
+def stage_metrics(stage: str) -> Callable[[Callable[[S, int], R | None]], Callable[[S, int], R | None]]:
+    """Decorate a stage's ``run``: time every call and count the state it reached.
+
+    ``medhash_stage_seconds{stage}`` and ``medhash_stage_outcomes_total{stage,outcome}``
+    (``noop`` when the call moved nothing); a call that raises is timed but not counted.
+    """
+    def decorate(run: Callable[[S, int], R | None]) -> Callable[[S, int], R | None]:
+        @wraps(run)
+        def measured(self: S, instance_id: int) -> R | None:
+            with STAGE_SECONDS.labels(stage=stage).time():
+                state = run(self, instance_id)
+            STAGE_OUTCOMES.labels(stage=stage, outcome=state.value if state else "noop").inc()
+            return state
+        return measured
+    return decorate

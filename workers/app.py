@@ -17,7 +17,7 @@ from celery import Celery
 from kombu import Queue
 
 from shared.config import Settings, get_settings
-from shared.pipeline.queues import Stage
+from shared.pipeline.states import Stage
 
 VISIBILITY_TIMEOUT_S = 3600
 

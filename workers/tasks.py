@@ -22,7 +22,7 @@ from celery.signals import worker_shutdown
 
 from shared.config import get_settings
 from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
-from shared.pipeline.queues import Stage
+from shared.pipeline.states import Stage
 from shared.pipeline.wiring import Runtime
 from shared.storage.catalog import CatalogUnavailable
 from shared.storage.objectstore import ObjectStoreUnavailable
@@ -117,7 +117,7 @@ def encode(instance_id: int) -> str | None:
 @app.task(name=Stage.INDEX.task_name, **RETRY)
 def index(instance_id: int) -> None:
     """Buffer one instance's codes for the next index generation."""
-    indexer().add_instance(int(instance_id))
+    indexer().run(int(instance_id))
 
 
 @worker_shutdown.connect

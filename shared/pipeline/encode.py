@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 
 from shared.hashing.inference import BatchEncoder
-from shared.metrics import STAGE_OUTCOMES, STAGE_SECONDS
-from shared.pipeline.queues import Dispatcher, Stage
+from shared.metrics import stage_metrics
+from shared.pipeline.queues import Dispatcher, hand_over
 from shared.storage.catalog import Catalog, InstanceState, SliceCodes
 from shared.storage.objectstore import ObjectNotFound, ObjectStore
 from shared.storage.slice_format import decode_slice
@@ -32,13 +32,9 @@ class EncodeStage:
     dispatcher: Dispatcher
     encoder: BatchEncoder
 
+    @stage_metrics("encode")
     def run(self, instance_id: int) -> InstanceState | None:
-        with STAGE_SECONDS.labels(stage="encode").time():
-            state = self._run(instance_id)
-        STAGE_OUTCOMES.labels(stage="encode", outcome=state.value if state else "noop").inc()
-        return state
-
-    def _run(self, instance_id: int) -> InstanceState | None:
+        """Encode the instance if it is still ``preprocessed``; returns the state it reached."""
         instance = self.catalog.get(instance_id)
         if instance is None or instance.state is not InstanceState.PREPROCESSED:
             return None
@@ -51,7 +47,7 @@ class EncodeStage:
             # slices are derived data: one lost (power cut) is made again from the raw bytes
             self.catalog.transition(instance_id, InstanceState.PREPROCESSED, InstanceState.RECEIVED,
                                     reason=f"slice missing ({exc}); preprocessing again")
-            self.dispatcher.enqueue(Stage.PREPROCESS, instance_id)
+            hand_over(self.dispatcher, instance_id, InstanceState.RECEIVED)
             log.warning("slice object missing, sent back to preprocess", extra=extra)
             return InstanceState.RECEIVED
         codes = self.encoder.encode(arrays)
@@ -63,5 +59,5 @@ class EncodeStage:
             return None
         log.info("%d slices encoded with model %s", len(items), self.encoder.model_version[:12],
                  extra=extra)
-        self.dispatcher.enqueue(Stage.INDEX, instance_id)
+        hand_over(self.dispatcher, instance_id, InstanceState.ENCODED)
         return InstanceState.ENCODED

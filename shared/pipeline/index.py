@@ -49,16 +49,21 @@ class Indexer:
                               expected=(CatalogUnavailable, ObjectStoreUnavailable),
                               extra={"stage": "indexer"})
 
-    def add_instance(self, instance_id: int) -> None:
-        """Buffer an encoded instance's codes; they are published by the next flush."""
+    def run(self, instance_id: int) -> InstanceState | None:
+        """Buffer an encoded instance's codes; they are published by the next flush.
+
+        Returns None: the instance stays ``encoded`` until the flush that publishes it moves
+        it to ``indexed`` (see :meth:`flush`).
+        """
         rows = self.catalog.codes_of_instances([instance_id], self.model_version)
         if not rows:
-            return  # not encoded with this model version (yet): nothing to index
+            return None  # not encoded with this model version (yet): nothing to index
         ids = np.array([slice_id for slice_id, _, _ in rows], dtype=np.int64)
         codes = np.frombuffer(b"".join(code for _, _, code in rows), dtype=np.uint8)
         with self._lock:
             self.writer.add(ids, codes.reshape(len(rows), -1))
             self._pending.add(instance_id)
+        return None
 
     def flush(self) -> int | None:
         """Publish buffered codes as a new generation, then mark their instances indexed."""

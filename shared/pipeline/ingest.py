@@ -30,8 +30,13 @@ from enum import IntEnum
 from shared.dicom.header import HeaderSummary, UnreadableDataset, read_header
 from shared.dicom.uids import InvalidUID, clean_uid
 from shared.metrics import BYTES_RECEIVED, INSTANCES_RECEIVED, STORE_SECONDS
-from shared.pipeline.queues import Dispatcher, Stage
-from shared.storage.catalog import Catalog, CatalogUnavailable, NewInstance
+from shared.pipeline.queues import Dispatcher, hand_over
+from shared.storage.catalog import (
+    Catalog,
+    CatalogUnavailable,
+    InstanceState,
+    NewInstance,
+)
 from shared.storage.objectstore import ObjectStore, ObjectStoreError
 
 log = logging.getLogger("medhash.ingest")
@@ -201,7 +206,7 @@ class Ingestor:
                 extra={"stage": "listener", "sop_instance_uid": uid},
             )
         if not recorded.duplicate:
-            self.dispatcher.enqueue(Stage.PREPROCESS, recorded.instance_id)
+            hand_over(self.dispatcher, recorded.instance_id, InstanceState.RECEIVED)
         return StoreOutcome(
             StoreStatus.SUCCESS,
             "stored" if not recorded.superseded else "stored as a new version",

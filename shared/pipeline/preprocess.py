@@ -32,8 +32,8 @@ from shared.dicom.pixels import (
     iter_frames,
     resize_keep_aspect,
 )
-from shared.metrics import STAGE_OUTCOMES, STAGE_SECONDS
-from shared.pipeline.queues import Dispatcher, Stage
+from shared.metrics import stage_metrics
+from shared.pipeline.queues import Dispatcher, hand_over
 from shared.storage.catalog import Catalog, CatalogUnavailable, InstanceState, NewSlice
 from shared.storage.objectstore import (
     ObjectNotFound,
@@ -94,18 +94,13 @@ class Preprocessor:
         self.dispatcher = dispatcher
         self.options = options
 
+    @stage_metrics("preprocess")
     def run(self, instance_id: int) -> InstanceState | None:
         """Process the instance if it is still ``received``; returns the state it reached.
 
         Transient failures (object store or catalog unreachable) propagate so the caller
         retries; everything about the instance itself ends in ``skipped`` or ``failed``.
         """
-        with STAGE_SECONDS.labels(stage="preprocess").time():
-            state = self._run(instance_id)
-        STAGE_OUTCOMES.labels(stage="preprocess", outcome=state.value if state else "noop").inc()
-        return state
-
-    def _run(self, instance_id: int) -> InstanceState | None:
         instance = self.catalog.get(instance_id)
         if instance is None or instance.state is not InstanceState.RECEIVED:
             return None  # already done by an earlier delivery, or never recorded
@@ -145,7 +140,7 @@ class Preprocessor:
             return None
         excluded = sum(item.excluded for item in slices)
         log.info("%d slices (%d excluded)", len(slices), excluded, extra=extra)
-        self.dispatcher.enqueue(Stage.ENCODE, instance_id)
+        hand_over(self.dispatcher, instance_id, InstanceState.PREPROCESSED)
         return InstanceState.PREPROCESSED
 
     def _slices(self, raw: bytes, raw_key: str) -> list[NewSlice]:

@@ -12,23 +12,11 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Protocol
 
+from shared.pipeline.states import InstanceState, Stage, stage_for
+
 log = logging.getLogger("medhash.queue")
-
-
-class Stage(StrEnum):
-    """A queue, named after the stage whose workers consume it."""
-
-    PREPROCESS = "preprocess"
-    ENCODE = "encode"
-    INDEX = "index"
-
-    @property
-    def task_name(self) -> str:
-        return f"medhash.{self.value}"
-
 
 Handler = Callable[[int], object]  # a stage returns the state it reached; the queue ignores it
 
@@ -39,6 +27,14 @@ class Dispatcher(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def hand_over(queues: Dispatcher, instance_id: int, reached: InstanceState) -> None:
+    """Enqueue the instance for the stage the transition table names for the state it
+    reached; nothing once it is final."""
+    stage = stage_for(reached)
+    if stage is not None:
+        queues.enqueue(stage, instance_id)
 
 
 class InProcessDispatcher:

@@ -17,17 +17,11 @@ from shared.background import Periodic
 from shared.config import Settings
 from shared.metrics import INSTANCES
 from shared.pipeline.preprocess import PreprocessOptions, clean_stable_series
-from shared.pipeline.queues import Dispatcher, Stage
-from shared.storage.catalog import Catalog, CatalogUnavailable, InstanceState
+from shared.pipeline.queues import Dispatcher
+from shared.pipeline.states import TRANSITIONS
+from shared.storage.catalog import Catalog, CatalogUnavailable
 
 log = logging.getLogger("medhash.reconciler")
-
-# The stage that takes an instance out of each non-final state.
-NEXT_STAGE: dict[InstanceState, Stage] = {
-    InstanceState.RECEIVED: Stage.PREPROCESS,
-    InstanceState.PREPROCESSED: Stage.ENCODE,
-    InstanceState.ENCODED: Stage.INDEX,
-}
 
 
 class Reconciler:
@@ -42,8 +36,9 @@ class Reconciler:
     def run_once(self) -> int:
         """One scan; returns how many instances were re-enqueued."""
         resent = 0
-        for state, stage in NEXT_STAGE.items():
-            if stage is not Stage.PREPROCESS and self.settings.model is None:
+        for step in TRANSITIONS:
+            state, stage = step.source, step.stage
+            if stage.needs_model and self.settings.model is None:
                 continue  # no model configured: nothing consumes encode/index, let them wait
             for instance in self.catalog.stale(state, self.settings.reconcile_after_s):
                 self.catalog.touch(instance.id)

@@ -166,7 +166,7 @@ def label_values() -> dict[tuple[str, str], set[str]]:
     """Known values of enumerated labels: (metric sample prefix, label) -> values."""
     from services.search.app import OUTCOMES
     from shared.pipeline.ingest import StoreStatus
-    from shared.pipeline.queues import Stage
+    from shared.pipeline.states import Stage
     from shared.storage.catalog import InstanceState
 
     states = {state.value for state in InstanceState}

@@ -15,7 +15,8 @@ from pydicom.filereader import read_file_meta_info
 from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import StudyIds, make_ct, write, write_ct_series
-from shared.pipeline.queues import CeleryDispatcher, InProcessDispatcher, Stage
+from shared.pipeline.queues import CeleryDispatcher, InProcessDispatcher
+from shared.pipeline.states import Stage
 from shared.storage.catalog import InstanceState
 from tests.conftest import RunningListener, dcmtk, dcmtk_env
 from tests.ingest.dicomtools import dataset_bytes, storescu, storescu_config

@@ -21,8 +21,9 @@ from shared.pipeline.preprocess import (
     Preprocessor,
     clean_stable_series,
 )
-from shared.pipeline.queues import InProcessDispatcher, Stage
+from shared.pipeline.queues import InProcessDispatcher
 from shared.pipeline.reconcile import Reconciler
+from shared.pipeline.states import Stage
 from shared.pipeline.wiring import Runtime
 from shared.storage.catalog import InstanceState
 from shared.storage.slice_format import decode_slice

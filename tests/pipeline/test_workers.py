@@ -18,8 +18,8 @@ import redis
 from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import write_ct_series
-from shared.pipeline.queues import Stage
 from shared.pipeline.reconcile import Reconciler
+from shared.pipeline.states import Stage
 from shared.storage.catalog import InstanceState
 from tests.conftest import RunningListener
 from tests.servers import RedisServer

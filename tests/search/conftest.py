@@ -109,7 +109,7 @@ class Pipeline:
         self.preprocessor.run(outcome.instance_id)
         self.encode_stage.run(outcome.instance_id)
         with self._lock:
-            self.indexer.add_instance(outcome.instance_id)
+            self.indexer.run(outcome.instance_id)
         return outcome.instance_id
 
     def publish(self) -> int:
