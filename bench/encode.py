@@ -16,7 +16,7 @@ What is measured, and why this way:
 * Bare forward ("bare"): the same slices, decoded beforehand (untimed) into the uint8 tensor
   (N, 1, S, S) the model takes, then ``LoadedCheckpoint.encode`` in chunks of the batch size
   under ``torch.inference_mode`` -- the model and nothing else.
-* Worker path ("worker"): ``EncodeStage(store, catalog, dispatcher, BatchEncoder(checkpoint,
+* Worker path ("worker"): ``EncodeStage(store, catalog, host, BatchEncoder(checkpoint,
   batch_size, max_wait_s)).run(id)`` over every id, fed by ``--threads`` threads pulling ids
   from one queue -- what ``medhash worker --queues encode --pool threads --concurrency T``
   does per task minus the broker, and what ``medhash serve`` does (it registers
@@ -119,8 +119,6 @@ def prepared_runtime(data_dir: Path, count: int, image_size: int, seed: int) -> 
 
     from shared.config import Settings
     from shared.dicom.synthetic import StudyIds, make_secondary_capture
-    from shared.pipeline.ingest import Ingestor
-    from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
     from shared.pipeline.wiring import Runtime
     from tests.lsh_model import picture
 
@@ -130,9 +128,7 @@ def prepared_runtime(data_dir: Path, count: int, image_size: int, seed: int) -> 
     runtime = Runtime.from_settings(settings)
     try:
         started = time.perf_counter()
-        ingestor = Ingestor(runtime.store, runtime.catalog, runtime.dispatcher)
-        preprocessor = Preprocessor(runtime.store, runtime.catalog, runtime.dispatcher,
-                                    PreprocessOptions.from_settings(settings))
+        ingestor, preprocessor = runtime.ingestor, runtime.preprocessor
         ids = []
         study = StudyIds.new(patient_id="BENCHENC")
         for number in range(count):
@@ -267,7 +263,7 @@ def run_worker(checkpoint: Any, prepared: Prepared, batch_size: int, max_wait_s:
     runtime = prepared.runtime
     encoder = BatchEncoder(checkpoint, batch_size, max_wait_s)
     recorder = ForwardRecorder(encoder)
-    stage = EncodeStage(runtime.store, runtime.catalog, runtime.dispatcher, encoder)
+    stage = EncodeStage(runtime.store, runtime.catalog, runtime.host, encoder)
     restore: list[tuple[Any, str, Any]] = []
     if timer is not None:
         for owner, attribute, name in (
@@ -277,7 +273,7 @@ def run_worker(checkpoint: Any, prepared: Prepared, batch_size: int, max_wait_s:
             (runtime.store, "get", "object store get (slice PNG)"),
             (encode_module, "decode_slice", "decode_slice (PNG -> float32)"),
             (encoder, "encode", "BatchEncoder.encode (queue + wait for batch + forward)"),
-            (runtime.dispatcher, "enqueue", "dispatcher.enqueue (index)"),
+            (runtime.host, "enqueue", "host.enqueue (index)"),
         ):
             restore.append((owner, attribute, getattr(owner, attribute)))
             timer.wrap(owner, attribute, name)

@@ -215,8 +215,6 @@ def run_limit(syntax: str, instances: Sequence[Instance], image_size: int, repea
 def embedded_pipeline(data_dir: Path, image_size: int) -> Iterator[tuple[Any, Any, Any]]:
     """A fresh embedded runtime (SQLite + folder): (ingestor, preprocessor, runtime)."""
     from shared.config import Settings
-    from shared.pipeline.ingest import Ingestor
-    from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
     from shared.pipeline.wiring import Runtime
 
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -224,9 +222,7 @@ def embedded_pipeline(data_dir: Path, image_size: int) -> Iterator[tuple[Any, An
                         broker_url=None, s3_endpoint=None)
     runtime = Runtime.from_settings(settings)
     try:
-        yield (Ingestor(runtime.store, runtime.catalog, runtime.dispatcher),
-               Preprocessor(runtime.store, runtime.catalog, runtime.dispatcher,
-                            PreprocessOptions.from_settings(settings)), runtime)
+        yield runtime.ingestor, runtime.preprocessor, runtime
     finally:
         runtime.close()
 
@@ -378,25 +374,24 @@ def run_celery(syntax: str, instances: Sequence[Instance], warmup: Instance, ima
     """One ``medhash worker --concurrency 1`` process; clock from enqueue to all preprocessed."""
     from shared.config import Settings
     from shared.pipeline.ingest import Ingestor
-    from shared.pipeline.queues import CeleryDispatcher, InProcessDispatcher
+    from shared.pipeline.queues import CeleryHost, ThreadHost, create_celery_app
     from shared.pipeline.states import Stage
     from shared.storage.catalog import open_catalog
     from shared.storage.objectstore import open_object_store
-    from workers.app import create_celery_app
 
     env = servers.new_env(image_size)
     settings = Settings(**{k.removeprefix("MEDHASH_").lower(): v for k, v in env.items()})
     store, catalog = open_object_store(settings), open_catalog(settings)
-    # Ingest with a dispatcher that sends nothing: the timed enqueue below is the only one.
-    ids = ingest_all(Ingestor(store, catalog, InProcessDispatcher()), instances)
-    (warm_id,) = ingest_all(Ingestor(store, catalog, InProcessDispatcher()), [warmup])
+    # Ingest with a host that sends nothing: the timed enqueue below is the only one.
+    ids = ingest_all(Ingestor(store, catalog, ThreadHost()), instances)
+    (warm_id,) = ingest_all(Ingestor(store, catalog, ThreadHost()), [warmup])
     log_path = logdir / f"worker-{syntax}-{repeat}.log"
     argv = [str(MEDHASH), "worker", "--queues", "preprocess", "--concurrency", "1"]
     pythonpath = os.pathsep.join(str(p) for p in (MEDHASH_SRC, REPO_ROOT) if p is not None)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, env={**os.environ, **env, "PYTHONPATH": pythonpath},
                                 stdout=log, stderr=subprocess.STDOUT)
-    dispatcher = CeleryDispatcher(create_celery_app(settings).send_task)
+    host = CeleryHost(create_celery_app(settings))
     try:
         def state(instance_id: int) -> str | None:
             row = catalog.get(instance_id)
@@ -404,13 +399,13 @@ def run_celery(syntax: str, instances: Sequence[Instance], warmup: Instance, ima
 
         alive = lambda: proc.poll() is None  # noqa: E731
         # Start-up, broker connection and the task's lazily built runtime stay out of the clock.
-        dispatcher.enqueue(Stage.PREPROCESS, warm_id)
+        host.enqueue(Stage.PREPROCESS, warm_id)
         wait_until(lambda: state(warm_id) == "preprocessed", 180, "warm-up instance", alive)
         cpu0 = process_tree_cpu(proc.pid)
         before = load()
         started = time.perf_counter()
         for instance_id in ids:
-            dispatcher.enqueue(Stage.PREPROCESS, instance_id)
+            host.enqueue(Stage.PREPROCESS, instance_id)
         target = len(ids) + 1
         wait_until(lambda: catalog.counts_by_state().get("preprocessed", 0) >= target,
                    60 + 2 * len(ids), "all instances preprocessed", alive)
@@ -422,7 +417,7 @@ def run_celery(syntax: str, instances: Sequence[Instance], warmup: Instance, ima
         tail = log_path.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{exc}\n--- worker log tail ---\n{tail}") from exc
     finally:
-        dispatcher.close()
+        host.close()
         stop_process(proc)
         catalog.close()
     cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0

@@ -20,7 +20,6 @@ import redis
 
 from services.listener import Listener
 from shared.config import Settings
-from shared.pipeline.ingest import Ingestor
 from shared.pipeline.wiring import Runtime
 from tests.servers import (
     OrthancServer,
@@ -119,7 +118,7 @@ class RunningListener:
 def running_listener(settings: Settings) -> Iterator[RunningListener]:
     """A listener in this process on a free port, with the runtime the settings describe."""
     runtime = Runtime.from_settings(settings)
-    scp = Listener(settings, Ingestor(runtime.store, runtime.catalog, runtime.dispatcher))
+    scp = Listener(settings, runtime.ingestor)
     address = scp.start()
     try:
         yield RunningListener(address.host, address.port, runtime, settings)

@@ -94,19 +94,17 @@ def demo(
 def _run_story(settings: Settings, work: Path, database: list[LabelledImage],
                queries: list[LabelledImage], serve: bool) -> bool:
     from services.listener import Listener
-    from services.pipeline import EmbeddedPipeline
     from services.search import create_app
     from services.search.background import BackgroundServer
     from shared.background import wait_for_signal
     from shared.dicom.sender import Sender, collect_files
-    from shared.pipeline.ingest import Ingestor
     from shared.pipeline.wiring import Runtime
 
     runtime = Runtime.from_settings(settings)
-    pipeline = EmbeddedPipeline.start(runtime)
-    listener = Listener(settings, Ingestor(runtime.store, runtime.catalog, runtime.dispatcher))
+    runtime.start_pipeline()
+    listener = Listener(settings, runtime.ingestor)
     address = listener.start()
-    http = BackgroundServer(create_app(runtime, encoder=pipeline.encoder), settings.http_host, settings.http_port)
+    http = BackgroundServer(create_app(runtime), settings.http_host, settings.http_port)
     url = f"http://{settings.http_host}:{http.start()}"
     console.print(f"3. medhash up: DICOM {settings.ae_title}@{address.host}:{address.port}, search {url}/")
     try:
@@ -132,7 +130,6 @@ def _run_story(settings: Settings, work: Path, database: list[LabelledImage],
     finally:
         http.stop()
         listener.stop()
-        pipeline.stop()
         runtime.close()
 
 

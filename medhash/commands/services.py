@@ -72,9 +72,6 @@ def serve(
 def _run(port: int | None, *, in_process_pipeline: bool) -> None:
     from services.listener import Listener
     from shared.metrics import serve_metrics
-    from shared.pipeline.ingest import Ingestor
-    from shared.pipeline.queues import InProcessDispatcher
-    from shared.pipeline.reconcile import Reconciler
     from shared.pipeline.wiring import Runtime
 
     settings = get_settings()
@@ -83,38 +80,33 @@ def _run(port: int | None, *, in_process_pipeline: bool) -> None:
     setup_logging(settings)
     runtime = Runtime.from_settings(settings)
     serve_metrics(settings.metrics_port)
-    stop_pipeline: list[Callable[[], None]] = []
+    stop_http: list[Callable[[], None]] = []
     if in_process_pipeline:
-        if isinstance(runtime.dispatcher, InProcessDispatcher):
-            from services.pipeline import EmbeddedPipeline
+        runtime.start_pipeline()
+        if runtime.runs_stages:
             from services.search import create_app
             from services.search.background import BackgroundServer
 
             console.print(f"embedded default: data in {settings.data_dir}")
-            pipeline = EmbeddedPipeline.start(runtime)
-            stop_pipeline.append(pipeline.stop)
             http = BackgroundServer(
-                create_app(runtime, encoder=pipeline.encoder, api_keys=settings.api_keys,
+                create_app(runtime, api_keys=settings.api_keys,
                            expose_patient_data=settings.expose_patient_data,
                            max_upload_bytes=settings.search_max_upload_bytes),
                 settings.http_host, settings.http_port,
             )
             http_port = http.start()
-            stop_pipeline.insert(0, http.stop)
+            stop_http.append(http.stop)
             console.print(f"search page: http://{settings.http_host}:{http_port}/")
         else:
             console.print("distributed: queues on MEDHASH_BROKER_URL for `medhash worker` processes")
-            reconciler = Reconciler(runtime.catalog, runtime.dispatcher, settings)
-            reconciler.start()
-            stop_pipeline.append(reconciler.stop)
-    scp = Listener(settings, Ingestor(runtime.store, runtime.catalog, runtime.dispatcher))
+    scp = Listener(settings, runtime.ingestor)
     address = scp.start()
     console.print(f"medhash listener: AE {settings.ae_title} on {address.host}:{address.port}")
     try:
         wait_for_signal()
     finally:
         scp.stop()
-        for stop in stop_pipeline:
+        for stop in stop_http:
             stop()
         runtime.close()
 
@@ -159,12 +151,13 @@ def _preload(queues: list[str], pool: str) -> None:
     worker they are shared by every task, and loading them took ~20 s of the first one."""
     if pool not in {"threads", "solo"}:
         return  # prefork children build their own after the fork
-    from workers import tasks
+    from shared.pipeline.states import Stage
+    from workers.tasks import runtime
 
     if "encode" in queues:
-        tasks.encode_stage()
+        runtime.stage(Stage.ENCODE)
     if "index" in queues:
-        tasks.indexer()
+        runtime.stage(Stage.INDEX)
 
 
 def indexer() -> None:
@@ -198,20 +191,17 @@ def search(
 def reconciler() -> None:
     """Re-enqueue instances stuck in a state and clean stable series, until SIGINT/SIGTERM."""
     from shared.metrics import serve_metrics
-    from shared.pipeline.reconcile import Reconciler
     from shared.pipeline.wiring import Runtime
 
     settings = get_settings()
     setup_logging(settings)
     runtime = Runtime.from_settings(settings)
     serve_metrics(settings.metrics_port)  # medhash_instances{state} and the stage counters
-    loop = Reconciler(runtime.catalog, runtime.dispatcher, settings)
-    loop.run_once()
-    loop.start()
+    runtime.reconciler.run_once()
+    runtime.reconciler.start()
     try:
         wait_for_signal()
     finally:
-        loop.stop()
         runtime.close()
 
 

@@ -55,7 +55,7 @@ from services.search.schemas import (
 )
 from services.search.uploads import read_search_request
 from shared.dicom.pixels import PixelPipelineError
-from shared.hashing.inference import BatchEncoder, open_encoder
+from shared.hashing.inference import BatchEncoder
 from shared.index import configure_search_threads
 from shared.pipeline.query import UnreadableQuery
 from shared.pipeline.wiring import Runtime
@@ -153,16 +153,15 @@ def create_app(
 ) -> FastAPI:
     """The search service over ``runtime``.
 
-    ``encoder`` defaults to the checkpoint of ``MEDHASH_MODEL`` (opened here, closed with the
-    app); without one the service still serves the page, instances and stats, and answers
-    searches with 503. ``api_keys``: when any is given, every ``/v1`` route requires one in
-    ``X-API-Key``. ``expose_patient_data`` adds ``patient_id`` to results and instances.
-    The runtime stays the caller's to close.
+    ``encoder`` defaults to the runtime's, the checkpoint of ``MEDHASH_MODEL``; without one
+    the service still serves the page, instances and stats, and answers searches with 503.
+    ``api_keys``: when any is given, every ``/v1`` route requires one in ``X-API-Key``.
+    ``expose_patient_data`` adds ``patient_id`` to results and instances. The runtime (and
+    with it the encoder) stays the caller's to close.
     """
     configure_search_threads(runtime.settings.search_threads)
-    owns_encoder = encoder is None and runtime.settings.model is not None
-    if owns_encoder:
-        encoder = open_encoder(runtime.settings)
+    if encoder is None and runtime.settings.model is not None:
+        encoder = runtime.encoder
     engine = SearchEngine(runtime, encoder, max_query_frames=max_query_frames,
                           refresh_interval_s=refresh_interval_s or runtime.settings.search_refresh_s)
 
@@ -173,8 +172,6 @@ def create_app(
             yield
         finally:
             engine.stop()
-            if owns_encoder and encoder is not None:
-                encoder.close()
 
     app = FastAPI(
         title="medhash search",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from shared.hashing.inference import BatchEncoder
 from shared.metrics import stage_metrics
-from shared.pipeline.queues import Dispatcher, hand_over
+from shared.pipeline.queues import StageHost, hand_over
 from shared.storage.catalog import Catalog, InstanceState, SliceCodes
 from shared.storage.objectstore import ObjectNotFound, ObjectStore
 from shared.storage.slice_format import decode_slice
@@ -29,7 +29,7 @@ class EncodeStage:
 
     store: ObjectStore
     catalog: Catalog
-    dispatcher: Dispatcher
+    host: StageHost
     encoder: BatchEncoder
 
     @stage_metrics("encode")
@@ -47,7 +47,7 @@ class EncodeStage:
             # slices are derived data: one lost (power cut) is made again from the raw bytes
             self.catalog.transition(instance_id, InstanceState.PREPROCESSED, InstanceState.RECEIVED,
                                     reason=f"slice missing ({exc}); preprocessing again")
-            hand_over(self.dispatcher, instance_id, InstanceState.RECEIVED)
+            hand_over(self.host, instance_id, InstanceState.RECEIVED)
             log.warning("slice object missing, sent back to preprocess", extra=extra)
             return InstanceState.RECEIVED
         codes = self.encoder.encode(arrays)
@@ -59,5 +59,5 @@ class EncodeStage:
             return None
         log.info("%d slices encoded with model %s", len(items), self.encoder.model_version[:12],
                  extra=extra)
-        hand_over(self.dispatcher, instance_id, InstanceState.ENCODED)
+        hand_over(self.host, instance_id, InstanceState.ENCODED)
         return InstanceState.ENCODED

@@ -30,7 +30,7 @@ from enum import IntEnum
 from shared.dicom.header import HeaderSummary, UnreadableDataset, read_header
 from shared.dicom.uids import InvalidUID, clean_uid
 from shared.metrics import BYTES_RECEIVED, INSTANCES_RECEIVED, STORE_SECONDS
-from shared.pipeline.queues import Dispatcher, hand_over
+from shared.pipeline.queues import StageHost, hand_over
 from shared.storage.catalog import (
     Catalog,
     CatalogUnavailable,
@@ -79,10 +79,10 @@ def raw_object_key(header: HeaderSummary, sop_instance_uid: str, sha256: str) ->
 class Ingestor:
     """Stores received instances; thread-safe, one instance shared by all associations."""
 
-    def __init__(self, store: ObjectStore, catalog: Catalog, dispatcher: Dispatcher) -> None:
+    def __init__(self, store: ObjectStore, catalog: Catalog, host: StageHost) -> None:
         self.store = store
         self.catalog = catalog
-        self.dispatcher = dispatcher
+        self.host = host
         # Requests carrying identical bytes share one key; serialising them makes the
         # "remove the object again if the catalog failed" step unable to remove an object
         # that a concurrent request has just recorded.
@@ -206,7 +206,7 @@ class Ingestor:
                 extra={"stage": "listener", "sop_instance_uid": uid},
             )
         if not recorded.duplicate:
-            hand_over(self.dispatcher, recorded.instance_id, InstanceState.RECEIVED)
+            hand_over(self.host, recorded.instance_id, InstanceState.RECEIVED)
         return StoreOutcome(
             StoreStatus.SUCCESS,
             "stored" if not recorded.superseded else "stored as a new version",

@@ -33,7 +33,7 @@ from shared.dicom.pixels import (
     resize_keep_aspect,
 )
 from shared.metrics import stage_metrics
-from shared.pipeline.queues import Dispatcher, hand_over
+from shared.pipeline.queues import StageHost, hand_over
 from shared.storage.catalog import Catalog, CatalogUnavailable, InstanceState, NewSlice
 from shared.storage.objectstore import (
     ObjectNotFound,
@@ -86,12 +86,12 @@ class Preprocessor:
         self,
         store: ObjectStore,
         catalog: Catalog,
-        dispatcher: Dispatcher,
+        host: StageHost,
         options: PreprocessOptions,
     ) -> None:
         self.store = store
         self.catalog = catalog
-        self.dispatcher = dispatcher
+        self.host = host
         self.options = options
 
     @stage_metrics("preprocess")
@@ -140,7 +140,7 @@ class Preprocessor:
             return None
         excluded = sum(item.excluded for item in slices)
         log.info("%d slices (%d excluded)", len(slices), excluded, extra=extra)
-        hand_over(self.dispatcher, instance_id, InstanceState.PREPROCESSED)
+        hand_over(self.host, instance_id, InstanceState.PREPROCESSED)
         return InstanceState.PREPROCESSED
 
     def _slices(self, raw: bytes, raw_key: str) -> list[NewSlice]:

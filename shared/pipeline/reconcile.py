@@ -17,7 +17,7 @@ from shared.background import Periodic
 from shared.config import Settings
 from shared.metrics import INSTANCES
 from shared.pipeline.preprocess import PreprocessOptions, clean_stable_series
-from shared.pipeline.queues import Dispatcher
+from shared.pipeline.queues import StageHost
 from shared.pipeline.states import TRANSITIONS
 from shared.storage.catalog import Catalog, CatalogUnavailable
 
@@ -25,9 +25,9 @@ log = logging.getLogger("medhash.reconciler")
 
 
 class Reconciler:
-    def __init__(self, catalog: Catalog, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(self, catalog: Catalog, host: StageHost, settings: Settings) -> None:
         self.catalog = catalog
-        self.dispatcher = dispatcher
+        self.host = host
         self.settings = settings
         self.thresholds = PreprocessOptions.from_settings(settings).thresholds
         self._loop = Periodic("reconciler", settings.reconcile_interval_s, self.run_once,
@@ -42,7 +42,7 @@ class Reconciler:
                 continue  # no model configured: nothing consumes encode/index, let them wait
             for instance in self.catalog.stale(state, self.settings.reconcile_after_s):
                 self.catalog.touch(instance.id)
-                self.dispatcher.enqueue(stage, instance.id)
+                self.host.enqueue(stage, instance.id)
                 log.info(
                     "re-enqueued to %s after %.0f s in %s", stage.value,
                     self.settings.reconcile_after_s, state.value,

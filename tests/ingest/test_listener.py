@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import redis
 from pydicom.filereader import read_file_meta_info
 
 from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import StudyIds, make_ct, write, write_ct_series
-from shared.pipeline.queues import CeleryDispatcher, InProcessDispatcher
 from shared.pipeline.states import Stage
 from shared.storage.catalog import InstanceState
 from tests.conftest import RunningListener, dcmtk, dcmtk_env
@@ -48,12 +46,7 @@ def assert_stored_identically(listener: RunningListener, files: list[Path]) -> N
 
 def queued(listener: RunningListener) -> int:
     """How many preprocess messages the listener handed to the queue."""
-    dispatcher = listener.runtime.dispatcher
-    if isinstance(dispatcher, InProcessDispatcher):
-        return dispatcher.pending(Stage.PREPROCESS)
-    assert isinstance(dispatcher, CeleryDispatcher)
-    dispatcher.flush()
-    return int(redis.Redis.from_url(listener.settings.broker_url).llen(Stage.PREPROCESS.value))
+    return listener.runtime.host.pending(Stage.PREPROCESS)
 
 
 def test_echoscu(any_settings: Settings, listener_factory: StartListener) -> None:

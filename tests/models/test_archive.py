@@ -58,8 +58,8 @@ def any_archive(any_settings: Settings, tmp_path: Path) -> Iterator[Archive]:
 def _archive(settings: Settings, tmp_path: Path) -> Iterator[Archive]:
     """Three patients' CT series ingested and preprocessed; one slice excluded by cleaning."""
     runtime = Runtime.from_settings(settings)
-    ingestor = Ingestor(runtime.store, runtime.catalog, runtime.dispatcher)
-    preprocessor = Preprocessor(runtime.store, runtime.catalog, runtime.dispatcher,
+    ingestor = Ingestor(runtime.store, runtime.catalog, runtime.host)
+    preprocessor = Preprocessor(runtime.store, runtime.catalog, runtime.host,
                                 PreprocessOptions.from_settings(settings))
     series = {name: StudyIds.new(patient_id=f"PAT-{name}") for name in ("a", "b", "c")}
     for number, (name, ids) in enumerate(series.items()):

@@ -21,7 +21,6 @@ from shared.pipeline.preprocess import (
     Preprocessor,
     clean_stable_series,
 )
-from shared.pipeline.queues import InProcessDispatcher
 from shared.pipeline.reconcile import Reconciler
 from shared.pipeline.states import Stage
 from shared.pipeline.wiring import Runtime
@@ -55,8 +54,8 @@ def pipeline(embedded_settings: Settings) -> Pipeline:
     runtime = Runtime.from_settings(settings)
     yield Pipeline(
         runtime,
-        Ingestor(runtime.store, runtime.catalog, runtime.dispatcher),
-        Preprocessor(runtime.store, runtime.catalog, runtime.dispatcher,
+        Ingestor(runtime.store, runtime.catalog, runtime.host),
+        Preprocessor(runtime.store, runtime.catalog, runtime.host,
                      PreprocessOptions.from_settings(settings)),
     )
     runtime.close()
@@ -118,7 +117,7 @@ def test_slices_are_normalised_and_resized_with_aspect_kept(pipeline: Pipeline, 
     assert 0.0 <= pixels.min() and pixels.max() <= 1.0
     # 128x64 resized to 64x32 and centred: 16 rows of zero padding above and below
     assert not pixels[:16].any() and not pixels[-16:].any() and pixels[16:48].any()
-    assert pipeline.runtime.dispatcher.pending(Stage.ENCODE) == 1  # type: ignore[attr-defined]
+    assert pipeline.runtime.host.pending(Stage.ENCODE) == 1
 
 
 def test_running_twice_or_concurrently_makes_one_set_of_slices(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -182,18 +181,17 @@ def test_reconciler_resends_what_sat_too_long_and_gives_up_on_poison(
     settings = embedded_settings.model_copy(update={"reconcile_after_s": 0.0, "max_attempts": 2})
     instance_id = pipeline.ingest(write(make_ct(StudyIds.new(), 1, rows=32, columns=32), tmp_path / "a.dcm"))
     assert instance_id is not None
-    dispatcher = pipeline.runtime.dispatcher
-    assert isinstance(dispatcher, InProcessDispatcher)
-    before = dispatcher.pending(Stage.PREPROCESS)
+    host = pipeline.runtime.host
+    before = host.pending(Stage.PREPROCESS)
     time.sleep(0.01)
-    assert Reconciler(pipeline.runtime.catalog, dispatcher, settings).run_once() == 1
-    assert dispatcher.pending(Stage.PREPROCESS) == before + 1
+    assert Reconciler(pipeline.runtime.catalog, host, settings).run_once() == 1
+    assert host.pending(Stage.PREPROCESS) == before + 1
     # a worker that dies every time: attempts are counted before the work starts
     catalog = pipeline.runtime.catalog
     for _ in range(settings.max_attempts):
         catalog.count_attempt(instance_id)
     options = PreprocessOptions.from_settings(settings)
-    preprocessor = Preprocessor(pipeline.runtime.store, catalog, dispatcher, options)
+    preprocessor = Preprocessor(pipeline.runtime.store, catalog, host, options)
     assert preprocessor.run(instance_id) is InstanceState.FAILED
     row = catalog.get(instance_id)
     assert row is not None and "gave up after 2 attempts" in (row.reason or "")

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import redis
 
 from shared.config import Settings
 from shared.dicom.sender import Sender
@@ -104,7 +103,7 @@ def test_worker_killed_mid_task(
     left = states(listener).get("received", 0)
     assert left > 0, "the worker finished everything before it was killed; nothing was tested"
 
-    reconciler = Reconciler(listener.runtime.catalog, listener.runtime.dispatcher, settings)
+    reconciler = Reconciler(listener.runtime.catalog, listener.runtime.host, settings)
     with worker(settings, tmp_path / "worker2.log"):
         wait_until(lambda: states(listener) == {"preprocessed": 30}, 120, tick=reconciler.run_once)
     assert_each_effect_once(listener, 30)
@@ -119,13 +118,12 @@ def test_redis_restart_loses_every_message(
     listener = listener_factory(settings)
     files = write_ct_series(tmp_path / "study", 12, rows=128, columns=128)
     assert all(r.stored for r in Sender("127.0.0.1", listener.port, "MEDHASH").send(files))
-    listener.runtime.dispatcher.flush()  # type: ignore[attr-defined]
-    broker = redis.Redis.from_url(str(settings.broker_url))
-    assert broker.llen(Stage.PREPROCESS.value) == 12
+    host = listener.runtime.host
+    assert host.pending(Stage.PREPROCESS) == 12
     redis_server.restart()  # it keeps nothing on disk: every queued message is gone
-    assert broker.llen(Stage.PREPROCESS.value) == 0
+    assert host.pending(Stage.PREPROCESS) == 0
 
-    reconciler = Reconciler(listener.runtime.catalog, listener.runtime.dispatcher, settings)
+    reconciler = Reconciler(listener.runtime.catalog, host, settings)
     with worker(settings, tmp_path / "worker.log"):
         time.sleep(3)
         assert states(listener) == {"received": 12}  # no message, no progress...

@@ -93,12 +93,12 @@ class Pipeline:
         self.indexer = Indexer(self.runtime.store, self.runtime.catalog,
                                self.encoder.model_version, bits, shards=2,
                                compact_deltas=self.compact_deltas)
-        self.ingestor = Ingestor(self.runtime.store, self.runtime.catalog, self.runtime.dispatcher)
+        self.ingestor = Ingestor(self.runtime.store, self.runtime.catalog, self.runtime.host)
         self.preprocessor = Preprocessor(self.runtime.store, self.runtime.catalog,
-                                         self.runtime.dispatcher,
+                                         self.runtime.host,
                                          PreprocessOptions.from_settings(self.runtime.settings))
         self.encode_stage = EncodeStage(self.runtime.store, self.runtime.catalog,
-                                        self.runtime.dispatcher, self.encoder)
+                                        self.runtime.host, self.encoder)
 
     def add(self, ds: Dataset) -> int:
         """Store an instance and run it through every stage up to the indexer's buffer."""

@@ -142,22 +142,24 @@ def test_without_model_or_index_searches_answer_503_until_one_is_published(
     with pipeline_in(tmp_path / "later", encoder) as pipeline:
         # the service opens MEDHASH_MODEL itself, before anything is indexed
         settings = pipeline.runtime.settings.model_copy(update={"model": checkpoint})
-        runtime = Runtime(settings, pipeline.runtime.store, pipeline.runtime.catalog,
-                          pipeline.runtime.dispatcher)
-        with TestClient(create_app(runtime, refresh_interval_s=0.05)) as client:
-            def query() -> tuple[int, dict[str, Any]]:
-                response = client.post(
-                    "/v1/search", files={"file": ("q.png", png_bytes(picture(5)), "image/png")})
-                return response.status_code, response.json()
+        runtime = Runtime.from_settings(settings)  # a second process's view of the same data
+        try:
+            with TestClient(create_app(runtime, refresh_interval_s=0.05)) as client:
+                def query() -> tuple[int, dict[str, Any]]:
+                    response = client.post(
+                        "/v1/search", files={"file": ("q.png", png_bytes(picture(5)), "image/png")})
+                    return response.status_code, response.json()
 
-            status, body = query()
-            assert status == 503 and "no index" in body["detail"]
-            assert client.get("/healthz").status_code == 503
+                status, body = query()
+                assert status == 503 and "no index" in body["detail"]
+                assert client.get("/healthz").status_code == 503
 
-            pipeline.add(make_secondary_capture(StudyIds.new(), 1, picture(5)))
-            pipeline.publish()
-            wait_for(lambda: query()[0] == 200)
-            _, answer = query()
-            assert answer["results"][0]["distance"] == 0
-            assert answer["model_version"] == encoder.model_version
-            assert client.get("/healthz").json()["status"] == "ok"
+                pipeline.add(make_secondary_capture(StudyIds.new(), 1, picture(5)))
+                pipeline.publish()
+                wait_for(lambda: query()[0] == 200)
+                _, answer = query()
+                assert answer["results"][0]["distance"] == 0
+                assert answer["model_version"] == encoder.model_version
+                assert client.get("/healthz").json()["status"] == "ok"
+        finally:
+            runtime.close()
