@@ -59,7 +59,8 @@ def test_same_bytes_are_one_row_other_bytes_a_new_current_version(any_settings: 
     assert catalog.counts_by_state() == {
         "received": 1, "preprocessed": 0, "encoded": 0, "indexed": 0, "failed": 0, "skipped": 0
     }
-    catalog.set_state(changed.instance_id, InstanceState.FAILED, "no codec")
+    assert catalog.transition(changed.instance_id, InstanceState.RECEIVED, InstanceState.FAILED,
+                              reason="no codec")
     failed = catalog.get(changed.instance_id)
     assert failed is not None and failed.state is InstanceState.FAILED and failed.reason == "no codec"
     catalog.close()

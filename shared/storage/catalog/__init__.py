@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from shared.config import Settings
 from shared.pipeline.states import InstanceState
-from shared.storage.catalog.catalog import (
-    Catalog,
+from shared.storage.catalog.catalog import Catalog
+from shared.storage.catalog.db import CatalogError, CatalogUnavailable, open_database
+from shared.storage.catalog.records import (
     Instance,
     NewInstance,
     NewSlice,
@@ -14,7 +15,6 @@ from shared.storage.catalog.catalog import (
     SliceCodes,
     SliceDetail,
 )
-from shared.storage.catalog.db import CatalogError, CatalogUnavailable, open_database
 
 
 def open_catalog(settings: Settings) -> Catalog:
