@@ -164,7 +164,7 @@ def code_metrics() -> dict[str, set[str]]:
 @cache
 def label_values() -> dict[tuple[str, str], set[str]]:
     """Known values of enumerated labels: (metric sample prefix, label) -> values."""
-    from services.search.app import OUTCOMES
+    from services.search.errors import OUTCOMES
     from shared.pipeline.ingest import StoreStatus
     from shared.pipeline.states import Stage
     from shared.storage.catalog import InstanceState
