@@ -9,7 +9,7 @@ What is measured, and why this way:
   ``load_checkpoint`` exactly as a worker does (channels-last on CPU). The weights are
   untrained: a forward pass costs the same whatever the weights are. One loaded model serves
   both sides, so they share PyTorch's thread pool and oneDNN's primitive cache.
-* Data: ``--count`` Secondary Captures of ``tests.lsh_model.picture`` pixels at S x S, stored
+* Data: ``--count`` Secondary Captures of ``testbed.lsh_model.picture`` pixels at S x S, stored
   with ``Ingestor.store_instance`` into a fresh embedded runtime (SQLite WAL + local folder)
   and preprocessed with ``Preprocessor.run`` (both untimed), so every instance is
   ``preprocessed`` with one S x S slice PNG in the object store, as the encode stage finds it.
@@ -56,11 +56,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import os
 import queue
-import shlex
 import shutil
 import statistics
 import sys
@@ -80,10 +77,12 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/encode.py` puts bench/, not 
 import numpy as np
 import torch
 
+from bench.common import Run, load, load_change, markdown_table, ratio_text  # noqa: E402
+from bench.common import machine as common_machine  # noqa: E402
+from bench.common import parser as common_parser  # noqa: E402
+
 BARE = "bare: LoadedCheckpoint.encode"
 WORKER = "worker: EncodeStage.run + BatchEncoder"
-from bench.common import load  # noqa: E402
-from bench.common import machine as common_machine  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Set-up (untimed)
@@ -120,7 +119,7 @@ def prepared_runtime(data_dir: Path, count: int, image_size: int, seed: int) -> 
     from shared.config import Settings
     from shared.dicom.synthetic import StudyIds, make_secondary_capture
     from shared.pipeline.wiring import Runtime
-    from tests.lsh_model import picture
+    from testbed.lsh_model import picture
 
     shutil.rmtree(data_dir, ignore_errors=True)
     settings = Settings(data_dir=data_dir, dicom_port=0, metrics_port=0, image_size=image_size,
@@ -354,25 +353,19 @@ def batches_text(batches: dict[int, int]) -> str:
 
 def table(results: Sequence[RunResult]) -> str:
     """A Markdown table, printable and pasteable into docs/benchmarks.md as is."""
-    lines = [
-        ("| S | path | batch | threads | slices | seconds | slices/s | ratio vs bare | "
-         "in forward | mean batch (sizes×count) | CPU s | codes = bare | load before→after |"),
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | --- |",
-    ]
-    for r in results:
-        name = r.path if r.repeat == 1 else f"{r.path} (#{r.repeat})"
-        rate = f"{r.slices_per_s:.1f}" if r.ok else f"— FAILED: {r.error}"
-        ratio = f"{r.ratio_vs_bare:.2f}x" if r.ratio_vs_bare is not None else "—"
-        share = f"{100 * r.forward_s / r.seconds:.0f} %" if r.forward_s is not None else "—"
-        mean = f"{r.mean_batch:.1f} ({batches_text(r.batches)})" if r.mean_batch else "—"
-        same = "—" if r.code_mismatches is None else (
-            "yes" if r.code_mismatches == 0 else f"{r.code_mismatches} differ")
-        lines.append(
-            f"| {r.image_size} | {name} | {r.batch_size} | {r.threads or '—'} | {r.slices} | "
-            f"{r.seconds:.2f} | {rate} | {ratio} | {share} | {mean} | {r.cpu_s:.1f} | {same} | "
-            f"{r.load_before[0]:.2f}→{r.load_after[0]:.2f} |"
-        )
-    return "\n".join(lines)
+    columns = ["S:", "path", "batch:", "threads:", "slices:", "seconds:", "slices/s:", "ratio vs bare:",
+               "in forward:", "mean batch (sizes×count)", "CPU s:", "codes = bare", "load before→after"]
+    return markdown_table(columns, (
+        [r.image_size, r.path if r.repeat == 1 else f"{r.path} (#{r.repeat})", r.batch_size,
+         r.threads or "—", r.slices, f"{r.seconds:.2f}",
+         f"{r.slices_per_s:.1f}" if r.ok else f"— FAILED: {r.error}", ratio_text(r.ratio_vs_bare),
+         f"{100 * r.forward_s / r.seconds:.0f} %" if r.forward_s is not None else "—",
+         f"{r.mean_batch:.1f} ({batches_text(r.batches)})" if r.mean_batch else "—",
+         f"{r.cpu_s:.1f}",
+         "—" if r.code_mismatches is None else (
+             "yes" if r.code_mismatches == 0 else f"{r.code_mismatches} differ"),
+         load_change(r.load_before, r.load_after)]
+        for r in results))
 
 
 def breakdown_table(timer: StepTimer, slices: int, seconds: float, threads: int,
@@ -396,12 +389,10 @@ def machine() -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Encode benchmark: slices/s through medhash's encode stage (EncodeStage + "
-        "BatchEncoder, fed by worker threads) against the bare model forward "
-        "(LoadedCheckpoint.encode) at the same batch size, same process, same run. CPU. "
-        "Prints a Markdown table; numbers are measured, never asserted.",
-    )
+    parser = common_parser(
+        "Encode benchmark: slices/s through medhash's encode stage (EncodeStage + BatchEncoder, "
+        "fed by worker threads) against the bare model forward (LoadedCheckpoint.encode) at the "
+        "same batch size, same process, same run. CPU.")
     parser.add_argument("--image-size", type=int, nargs="+", default=[64],
                         help="model input side(s), one model and one set of runs each "
                         "(default 64; 224 is the paper's)")
@@ -422,9 +413,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="one more untimed worker run per size with a timer on each step")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: PyTorch's, = cores)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where runtimes and the checkpoint go (default: a temporary folder)")
-    parser.add_argument("--json", type=Path, default=None, help="write results and context here")
     return parser.parse_args(argv)
 
 
@@ -439,16 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     max_wait_s = (args.max_wait_s if args.max_wait_s is not None
                   else Settings.model_fields["encode_max_wait_s"].default)
     thread_counts = args.threads or [batch_size]
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    info = machine()
-    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    load_start = load()
-    print(f"command: {command}")
-    print(f"machine: nproc={info['nproc']} cpu={info['cpu']!r} kernel={info['kernel']} "
-          f"python={info['python']} torch={info['torch']} (threads {info['torch_threads']}, "
-          f"CUDA available: {info['cuda_available']}) numpy={info['numpy']}")
+    run = Run(machine(), versions=["python", "torch", "torch_threads", "cuda_available", "numpy"])
+    run.print_start()
     print("device: CPU (the same code path runs on CUDA with AMP inside BatchEncoder.forward)")
-    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
     print(f"batch size {batch_size}, max wait {max_wait_s} s, feeding threads {thread_counts}",
           flush=True)
 
@@ -509,7 +490,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "batches": worker.batches,
                         }
 
-    load_end = load()
     print()
     print(table(results))
     print()
@@ -518,23 +498,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ratios:
             print(f"S={size}: worker/bare ratio median {statistics.median(ratios):.2f}x "
                   f"(runs: {', '.join(f'{x:.2f}' for x in ratios)})")
-    print(f"load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+    run.finish()
     print("CPU only; 'in forward' is the share of the run's wall time spent in model forward "
           "passes; CPU s is the whole process (all threads).")
-    if args.json is not None:
-        rows = []
-        for r in results:
-            row = asdict(r)
-            row.pop("codes", None)
-            row["mean_batch"] = r.mean_batch
-            rows.append(row)
-        args.json.write_text(json.dumps({
-            "command": command, "started_at": started_at, "machine": info,
-            "load_start": load_start, "load_end": load_end, "batch_size": batch_size,
-            "max_wait_s": max_wait_s, "threads": thread_counts, "results": rows,
-            "breakdowns": breakdowns,
-        }, indent=2, default=str))
-        print(f"results written to {args.json}")
+    rows = [{**{k: v for k, v in asdict(r).items() if k != "codes"}, "mean_batch": r.mean_batch}
+            for r in results]
+    run.write_json(args.json, batch_size=batch_size, max_wait_s=max_wait_s, threads=thread_counts,
+                   results=rows, breakdowns=breakdowns)
     return 0 if results and all(r.ok for r in results) else 1
 
 

@@ -14,8 +14,8 @@ What is measured, and why this way:
   committed the catalog row) and stops at the first poll that sees the instance first. Polls
   run every ``--poll-s`` (50 ms) per pending instance, so every number is late by up to one
   poll interval plus one request.
-* Data: Secondary Captures (``make_secondary_capture``) of ``tests.lsh_model.picture(seed)``
-  pixels at ``--image-size``, one new study; the model is ``tests.lsh_model``'s
+* Data: Secondary Captures (``make_secondary_capture``) of ``testbed.lsh_model.picture(seed)``
+  pixels at ``--image-size``, one new study; the model is ``testbed.lsh_model``'s
   locality-sensitive checkpoint (untrained EfficientNet-B0 whose hash layer projects onto
   principal directions), so different pictures get codes tens of bits apart and a
   self-match at distance 0 is never a tie: "first" is well defined. Any checkpoint can be
@@ -31,7 +31,7 @@ What is measured, and why this way:
   0.2), a fresh data dir each.
 * Distributed (``--distributed``): ``deploy.local_stack.LocalStack`` -- listener, search,
   indexer, reconciler, two preprocess workers and one encode worker as processes -- on
-  PostgreSQL + Redis + an S3 API from ``tests/servers.py``, built like
+  PostgreSQL + Redis + an S3 API from ``testbed/servers.py``, built like
   ``tests/e2e/topology.py`` does. Those are *test stand-ins*: PostgreSQL with fsync off,
   moto (in-memory, pure-Python S3) instead of MinIO, all on the same cores as medhash.
 * Every configuration must make every instance searchable within ``--timeout-s``; an
@@ -47,11 +47,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import os
 import random
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -68,9 +65,10 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/freshness.py` puts bench/, n
 import httpx
 import numpy as np
 
-from bench.common import load  # noqa: E402
+from bench.common import Run, StandIns, load, load_change, markdown_table  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
-from shared.config import Settings
+from bench.common import parser as common_parser  # noqa: E402
+from shared.config import Settings  # noqa: E402
 
 EMBEDDED = "embedded (medhash serve)"
 DISTRIBUTED = "distributed (local stack, stand-ins)"
@@ -108,7 +106,7 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 def base_update(workdir: Path, model: Path, image_size: int, flush_s: float) -> dict[str, Any]:
     """Settings shared by both topologies: loopback, free ports, no metrics exporters."""
-    from tests.servers import free_port
+    from testbed.servers import free_port
 
     return {
         "data_dir": workdir / "data", "model": model, "image_size": image_size,
@@ -138,44 +136,14 @@ def embedded(workdir: Path, model: Path, image_size: int, flush_s: float) -> Ite
         stack.stop()
 
 
-class StandIns:
-    """PostgreSQL + Redis + moto S3 from ``tests/servers.py``; a database/bucket per run."""
-
-    def __init__(self, stack: contextlib.ExitStack, workdir: Path) -> None:
-        from tests.servers import PostgresServer, RedisServer, S3Server
-
-        print("starting PostgreSQL, Redis and moto S3 (test stand-ins) ...", flush=True)
-        self.pg = stack.enter_context(PostgresServer())
-        self.redis = stack.enter_context(RedisServer(workdir / "redis"))
-        # Not persistent: the request recorder would append every object body to a file.
-        self.s3 = stack.enter_context(S3Server(workdir / "s3", persistent=False))
-        self.runs = 0
-
-    def settings(self) -> Settings:
-        """Like the tests' ``distributed_settings``: own database and bucket, empty queues."""
-        import psycopg
-        import redis
-
-        self.runs += 1
-        name = f"bench_fresh_{os.getpid()}_{self.runs}"
-        redis.Redis.from_url(self.redis.url).flushall()
-        with psycopg.connect(self.pg.url_for("postgres"), autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        return Settings(
-            database_url=self.pg.url_for(name), broker_url=self.redis.url,
-            s3_endpoint=self.s3.endpoint, s3_access_key=self.s3.access_key,
-            s3_secret_key=self.s3.secret_key, s3_bucket=name.replace("_", "-"),
-        )
-
-
 @contextlib.contextmanager
 def distributed(workdir: Path, model: Path, image_size: int, flush_s: float,
                 servers: StandIns) -> Iterator[Running]:
     """``LocalStack``: every service and worker its own process, on the stand-ins."""
     from deploy.local_stack import LocalStack
 
-    settings = servers.settings().model_copy(
-        update=base_update(workdir, model, image_size, flush_s))
+    env = {name.removeprefix("MEDHASH_").lower(): value for name, value in servers.env().items()}
+    settings = Settings(**env).model_copy(update=base_update(workdir, model, image_size, flush_s))
     stack = LocalStack(child_env(settings), workdir / "logs")
     try:
         stack.start(timeout_s=300)
@@ -201,7 +169,7 @@ class Sample:
 def write_instances(folder: Path, count: int, image_size: int, first_seed: int) -> list[tuple[Path, str]]:
     """``count`` Secondary Captures of distinct pictures, written before any clock runs."""
     from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
-    from tests.lsh_model import picture
+    from testbed.lsh_model import picture
 
     ids = StudyIds.new(patient_id="BENCHFRESH")
     out = []
@@ -315,21 +283,16 @@ def fmt(value: float | None) -> str:
 
 def table(results: Sequence[ConfigResult]) -> str:
     """A Markdown table, printable and pasteable into docs/benchmarks.md as is."""
-    lines = [
-        ("| configuration | index flush s | instances | burst | searchable p50 s | p90 s | max s | "
-         "encoded p50 s | encoded p90 s | not searchable | load before→after |"),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
+    columns = ["configuration", "index flush s:", "instances:", "burst:", "searchable p50 s:", "p90 s:",
+               "max s:", "encoded p50 s:", "encoded p90 s:", "not searchable:", "load before→after"]
+    rows = []
     for r in results:
         searchable, encoded = r.stats("searchable_s"), r.stats("encoded_s")
-        missing = r.count - int(searchable["n"] or 0)
-        lines.append(
-            f"| {r.configuration} | {r.flush_s:g} | {r.count} | {r.burst} | "
-            f"{fmt(searchable['p50'])} | {fmt(searchable['p90'])} | {fmt(searchable['max'])} | "
-            f"{fmt(encoded['p50'])} | {fmt(encoded['p90'])} | {missing} | "
-            f"{r.load_before[0]:.2f}→{r.load_after[0]:.2f} |"
-        )
-    return "\n".join(lines)
+        rows.append([r.configuration, f"{r.flush_s:g}", r.count, r.burst, fmt(searchable["p50"]),
+                     fmt(searchable["p90"]), fmt(searchable["max"]), fmt(encoded["p50"]),
+                     fmt(encoded["p90"]), r.count - int(searchable["n"] or 0),
+                     load_change(r.load_before, r.load_after)])
+    return markdown_table(columns, rows)
 
 
 def machine() -> dict[str, Any]:
@@ -342,12 +305,10 @@ def machine() -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Freshness benchmark: seconds from C-STORE Success until a search by the "
-        "instance's UID returns it first, for `medhash serve` (embedded) and, with "
-        "--distributed, the local stack of processes on PostgreSQL+Redis+moto S3 (test "
-        "stand-ins). Prints a Markdown table; numbers are measured, never asserted.",
-    )
+    parser = common_parser(
+        "Freshness benchmark: seconds from C-STORE Success until a search by the instance's UID "
+        "returns it first, for `medhash serve` (embedded) and, with --distributed, the local "
+        "stack of processes on PostgreSQL+Redis+moto S3 (test stand-ins).")
     parser.add_argument("--count", type=int, default=20, help="timed instances per configuration (default 20)")
     parser.add_argument("--burst", type=int, default=1,
                         help="instances sent together on one association (default 1)")
@@ -367,23 +328,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also run the distributed local stack on test stand-ins")
     parser.add_argument("--image-size", type=int, default=64, help="MEDHASH_IMAGE_SIZE and picture side (default 64)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="checkpoint to use (default: tests/lsh_model.py's, built here)")
+                        help="checkpoint to use (default: testbed/lsh_model.py's, built here)")
     parser.add_argument("--seed", type=int, default=0, help="pictures and gaps (default 0)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where data dirs and logs go (default: a temporary folder, removed)")
-    parser.add_argument("--json", type=Path, default=None, help="write results and context here")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    info = machine()
-    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    load_start = load()
-    print(f"command: {command}")
-    print(f"machine: nproc={info['nproc']} cpu={info['cpu']!r} kernel={info['kernel']} python={info['python']}")
-    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+    run = Run(machine(), versions=["python"])
+    run.print_start()
     results: list[ConfigResult] = []
     failures: list[str] = []
     with contextlib.ExitStack() as stack:
@@ -392,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         model = args.model
         if model is None:
-            from tests.lsh_model import build_lsh_checkpoint
+            from testbed.lsh_model import build_lsh_checkpoint
 
             model = build_lsh_checkpoint(workdir / "lsh-model.pt")
         print(f"model: {model}", flush=True)
@@ -401,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs += [(EMBEDDED, f) for f in args.flush_s]
         if args.distributed:
             runs += [(DISTRIBUTED, f) for f in args.distributed_flush_s]
-        servers = StandIns(stack, workdir) if args.distributed else None
+        servers = StandIns(stack, workdir, "bench_fresh") if args.distributed else None
         for number, (label, flush_s) in enumerate(runs, 1):
             run_dir = workdir / f"run-{number}"
             print(f"-> {label}, MEDHASH_INDEX_FLUSH_S={flush_s:g}: starting ...", flush=True)
@@ -422,26 +375,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - reported; the other configurations still run
                 failures.append(f"{label} flush {flush_s:g}: {exc}")
                 print(f"   FAILED: {exc}", flush=True)
-    load_end = load()
     print()
     print(table(results))
     for failure in failures:
         print(f"FAILED: {failure}")
     print()
-    print(f"load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+    run.finish()
     print(f"Polled every {args.poll_s:g} s: each number is late by up to one poll plus one request.")
     if args.distributed:
-        print("The distributed rows ran on test stand-ins (PostgreSQL with fsync off, moto's "
-              "in-memory S3, Redis) sharing the same cores, not on a production MinIO/PostgreSQL.")
-    if args.json is not None:
-        args.json.write_text(json.dumps({
-            "command": command, "started_at": started_at, "machine": info,
-            "load_start": load_start, "load_end": load_end,
-            "results": [{**asdict(r), "searchable": r.stats("searchable_s"),
-                         "encoded": r.stats("encoded_s")} for r in results],
-            "failures": failures,
-        }, indent=2))
-        print(f"results written to {args.json}")
+        print(f"The distributed rows {StandIns.NOTE}")
+    run.write_json(args.json, failures=failures, results=[
+        {**asdict(r), "searchable": r.stats("searchable_s"), "encoded": r.stats("encoded_s")}
+        for r in results])
     return 0 if results and not failures and all(
         r.stats("searchable_s")["n"] == r.count for r in results) else 1
 

@@ -23,7 +23,7 @@ What is measured, and why this way:
   (``medhash status --json``) and storescp's folder exactly N files; a run that lost files
   is reported as failed, not as a number.
 * ``--distributed`` adds medhash on PostgreSQL + Redis + an S3 API, started with the test
-  suite's server classes (``tests/servers.py``). Those are *test stand-ins*: PostgreSQL with
+  suite's server classes (``testbed/servers.py``). Those are *test stand-ins*: PostgreSQL with
   fsync off and moto (an in-memory, pure-Python S3) instead of MinIO, so that row measures
   the code path and the stand-ins, not a production deployment.
 
@@ -37,18 +37,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
-import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +52,20 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/ingest.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO_ROOT))
+
+from bench.common import (  # noqa: E402
+    Run,
+    StandIns,
+    load,
+    load_change,
+    markdown_table,
+    number,
+    ratio_text,
+    stop_process,
+)
+from bench.common import machine as common_machine  # noqa: E402
+from bench.common import parser as common_parser  # noqa: E402
+from testbed.servers import free_port  # noqa: E402
 
 DCMTK_BIN = Path("/usr/bin")
 STORESCU = DCMTK_BIN / "storescu"
@@ -66,22 +76,11 @@ MANIFEST = "bench-manifest.json"
 CALLING_AE = "BENCHSCU"
 MEDHASH_AE = "MEDHASH"
 STORESCP_AE = "STORESCP"
-from bench.common import load  # noqa: E402
-from bench.common import machine as common_machine  # noqa: E402
 
 
 def dcmtk_env() -> dict[str, str]:
     """dcmtk leaves Nagle's algorithm on unless told otherwise, and then crawls."""
     return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    """A loopback TCP port free right now (a race with other processes is possible but rare)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,16 +143,8 @@ class Target:
 
     def stop(self) -> None:
         """Stop our server process by its PID (SIGTERM, then SIGKILL after 10 s)."""
-        proc = self.process
-        self.process = None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc, self.process = self.process, None
+        stop_process(proc, timeout=10)
 
     def cpu_seconds(self) -> float | None:
         """User+system CPU of the server process so far (and of children it has reaped)."""
@@ -376,40 +367,11 @@ def split(folders: Sequence[Path], parts: int) -> list[list[Path]]:
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def distributed_target(workdir: Path, label: str = "",
-                       src: Path | None = None) -> Iterator[MedhashTarget]:
-    """medhash on PostgreSQL + Redis + moto S3 started by the test suite's server classes."""
-    import psycopg
-
-    from tests.servers import PostgresServer, RedisServer, S3Server
-
-    with contextlib.ExitStack() as stack:
-        print("starting PostgreSQL, Redis and moto S3 (test stand-ins) ...")
-        pg = stack.enter_context(PostgresServer())
-        redis = stack.enter_context(RedisServer(workdir / "redis"))
-        # Not persistent: the request recorder would append every 0.5 MB body to a file.
-        s3 = stack.enter_context(S3Server(workdir / "s3", persistent=False))
-
-        def new_database(run: int) -> dict[str, str]:
-            name = f"bench_{os.getpid()}_{run}"
-            with psycopg.connect(pg.url_for("postgres"), autocommit=True) as admin:
-                admin.execute(f'CREATE DATABASE "{name}"')
-            return {"MEDHASH_DATABASE_URL": pg.url_for(name), "MEDHASH_S3_BUCKET": name.replace("_", "-")}
-
-        yield MedhashTarget(
-            workdir,
-            f"medhash distributed{label}",
-            src=src,
-            extra_env={
-                "MEDHASH_DATABASE_URL": pg.url_for("postgres"),  # replaced per run
-                "MEDHASH_BROKER_URL": redis.url,
-                "MEDHASH_S3_ENDPOINT": s3.endpoint,
-                "MEDHASH_S3_ACCESS_KEY": s3.access_key,
-                "MEDHASH_S3_SECRET_KEY": s3.secret_key,
-            },
-            new_database=new_database,
-        )
+def distributed_target(servers: StandIns, workdir: Path, label: str = "",
+                       src: Path | None = None) -> MedhashTarget:
+    """medhash on the stand-ins, with a fresh database and bucket per run."""
+    return MedhashTarget(workdir, f"medhash distributed{label}", src=src,
+                         extra_env=servers.env(), new_database=lambda _run: servers.env())
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,22 +394,16 @@ def attach_ratios(results: list[RunResult]) -> None:
 
 def table(results: list[RunResult]) -> str:
     """A Markdown table, printable and pasteable into docs/benchmarks.md as is."""
-    lines = [
-        "| target | assoc. | files | seconds | instances/s | MB/s | ratio vs storescp | server CPU s | load before→after | notes |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
-    ]
-    for r in results:
-        ratio = f"{r.ratio_vs_storescp:.2f}x" if r.ratio_vs_storescp is not None else "—"
-        cpu = f"{r.server_cpu_s:.1f}" if r.server_cpu_s is not None else "—"
-        name = r.target if r.repeat == 1 else f"{r.target} (#{r.repeat})"
+    columns = ["target", "assoc.:", "files:", "seconds:", "instances/s:", "MB/s:", "ratio vs storescp:",
+               "server CPU s:", "load before→after", "notes"]
+    return markdown_table(columns, (
         # A run that lost files has no rate: printing one would invite quoting it.
-        rate, mbs = (f"{r.instances_per_s:.1f}", f"{r.mb_per_s:.1f}") if r.ok else ("—", "—")
-        note = r.note if r.ok else f"FAILED: {r.error}"
-        lines.append(
-            f"| {name} | {r.associations} | {r.files} | {r.seconds:.1f} | {rate} | {mbs} | {ratio} | "
-            f"{cpu} | {r.load_before[0]:.2f}→{r.load_after[0]:.2f} | {note} |"
-        )
-    return "\n".join(lines)
+        [r.target if r.repeat == 1 else f"{r.target} (#{r.repeat})", r.associations, r.files,
+         f"{r.seconds:.1f}", number(r.instances_per_s if r.ok else None),
+         number(r.mb_per_s if r.ok else None), ratio_text(r.ratio_vs_storescp),
+         number(r.server_cpu_s), load_change(r.load_before, r.load_after),
+         r.note if r.ok else f"FAILED: {r.error}"]
+        for r in results))
 
 
 def fsync_latency(folder: Path, size: int, samples: int = 50) -> dict[str, float]:
@@ -492,11 +448,8 @@ def machine() -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Ingest benchmark: medhash listener vs dcmtk storescp, fed by dcmtk storescu "
-        "over 1 and N parallel associations. Prints a Markdown table; numbers are measured, "
-        "never asserted.",
-    )
+    parser = common_parser("Ingest benchmark: medhash listener vs dcmtk storescp, fed by dcmtk "
+                           "storescu over 1 and N parallel associations.")
     parser.add_argument("--count", type=int, default=2000, help="synthetic CT instances (default 2000)")
     parser.add_argument("--rows", type=int, default=512, help="image rows (default 512)")
     parser.add_argument("--columns", type=int, default=512, help="image columns (default 512)")
@@ -512,10 +465,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files", type=Path, default=None,
                         help="keep the generated files here and reuse them next time "
                         "(default: a temporary folder, removed afterwards)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where the servers write (default: a temporary folder under "
-                        "$TMPDIR, removed afterwards); put it on the disk you want measured")
-    parser.add_argument("--json", type=Path, default=None, help="write results and context here")
     parser.add_argument("--medhash-src", type=Path, default=None,
                         help="run the medhash listener from this source tree (put first on "
                         "PYTHONPATH) instead of the installed one: to compare a branch or an "
@@ -533,13 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for tool in (STORESCU, STORESCP, ECHOSCU, MEDHASH):
         if not tool.exists():
             sys.exit(f"{tool} not found (dcmtk: apt-get install dcmtk; medhash: pip install -e .)")
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    info = machine()
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    load_start = load()
-    print(f"command: {command}")
-    print(f"machine: nproc={info['nproc']} cpu={info['cpu']!r} kernel={info['kernel']} {info['dcmtk']}")
-    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+    run = Run(machine(), versions=["dcmtk"])
+    run.print_start()
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medhash-bench-ingest-")))
@@ -567,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets.append(MedhashTarget(workdir, f"medhash embedded{label}", extra_env=processes,
                                          src=args.medhash_src))
         if args.distributed:
-            targets.append(stack.enter_context(distributed_target(workdir, args.label, args.medhash_src)))
+            servers = StandIns(stack, workdir, "bench")
+            targets.append(distributed_target(servers, workdir, args.label, args.medhash_src))
 
         results: list[RunResult] = []
         for associations in args.associations or [1, args.parallel]:
@@ -589,31 +534,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     os.sync()
 
         attach_ratios(results)
-        load_end = load()
         print()
         print(table(results))
         print()
-        print(f"load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+        run.finish()
         print("storescp does not fsync (its Success means 'in the page cache'); medhash embedded "
               "fsyncs file, folder and the SQLite commit before answering Success.")
         if args.distributed:
-            print("medhash distributed ran on test stand-ins (PostgreSQL with fsync off, moto's "
-                  "in-memory S3), not on a production MinIO/PostgreSQL.")
-        if args.json is not None:
-            args.json.write_text(json.dumps({
-                "command": command,
-                "started_at": started_at,
-                "machine": info,
-                "load_start": load_start,
-                "load_end": load_end,
-                "fsync_probe": disk,
-                "count": len(paths),
-                "bytes": total_bytes,
-                "rows": args.rows,
-                "columns": args.columns,
-                "results": [asdict(r) for r in results],
-            }, indent=2))
-            print(f"results written to {args.json}")
+            print(f"medhash distributed {StandIns.NOTE}")
+        run.write_json(args.json, fsync_probe=disk, count=len(paths), bytes=total_bytes,
+                       rows=args.rows, columns=args.columns, results=[asdict(r) for r in results])
     return 0 if all(r.ok for r in results) else 1
 
 

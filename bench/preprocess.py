@@ -21,7 +21,7 @@ What is measured, and why this way:
   (the real worker also writes one INFO line per instance).
 * ``--celery`` adds the real thing: ``medhash worker --queues preprocess --concurrency 1`` as
   its own process on PostgreSQL + Redis + an S3 API started with the test suite's server
-  classes (``tests/servers.py``). Those are *test stand-ins*: PostgreSQL with fsync off and
+  classes (``testbed/servers.py``). Those are *test stand-ins*: PostgreSQL with fsync off and
   moto (in-memory, pure-Python S3) instead of MinIO, all sharing the same cores. The files
   are ingested first (untimed, no messages sent); one extra warm-up instance is sent and
   waited for so that worker start-up is not timed; then the clock runs from enqueueing all
@@ -45,19 +45,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import datetime as dt
 import io
 import json
 import os
 import pstats
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +80,19 @@ import numpy as np  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
 
-from bench.common import load  # noqa: E402
+from bench.common import (  # noqa: E402
+    Run,
+    StandIns,
+    load,
+    load_change,
+    markdown_table,
+    number,
+    ratio_text,
+    stop_process,
+    wait_until,
+)
 from bench.common import machine as common_machine  # noqa: E402
+from bench.common import parser as common_parser  # noqa: E402
 
 MEDHASH = Path(sys.executable).parent / "medhash"
 MANIFEST = "bench-manifest.json"
@@ -311,66 +319,8 @@ def process_tree_cpu(pid: int) -> float | None:
         return None
 
 
-class CeleryStack:
-    """PostgreSQL + Redis + moto S3 from ``tests/servers.py``, one database/bucket per run."""
-
-    def __init__(self, stack: contextlib.ExitStack, workdir: Path) -> None:
-        from tests.servers import PostgresServer, RedisServer, S3Server
-
-        print("starting PostgreSQL, Redis and moto S3 (test stand-ins) ...", flush=True)
-        self.workdir = workdir
-        self.pg = stack.enter_context(PostgresServer())
-        self.redis = stack.enter_context(RedisServer(workdir / "redis"))
-        # Not persistent: the request recorder would append every object body to a file.
-        self.s3 = stack.enter_context(S3Server(workdir / "s3", persistent=False))
-        self.runs = 0
-
-    def new_env(self, image_size: int) -> dict[str, str]:
-        """MEDHASH_* for a fresh catalog database and bucket (no state shared between runs)."""
-        import psycopg
-
-        self.runs += 1
-        name = f"bench_pre_{os.getpid()}_{self.runs}"
-        with psycopg.connect(self.pg.url_for("postgres"), autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        return {
-            "MEDHASH_DATA_DIR": str(self.workdir / f"data-{self.runs}"),
-            "MEDHASH_DATABASE_URL": self.pg.url_for(name),
-            "MEDHASH_BROKER_URL": self.redis.url,
-            "MEDHASH_S3_ENDPOINT": self.s3.endpoint,
-            "MEDHASH_S3_ACCESS_KEY": self.s3.access_key,
-            "MEDHASH_S3_SECRET_KEY": self.s3.secret_key,
-            "MEDHASH_S3_BUCKET": name.replace("_", "-"),
-            "MEDHASH_IMAGE_SIZE": str(image_size),
-            "MEDHASH_METRICS_PORT": "0",
-        }
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
-               alive: Callable[[], bool] = lambda: True, poll: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if not alive():
-            raise RuntimeError(f"{what}: the worker exited")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: timed out after {timeout:.0f} s")
-        time.sleep(poll)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM our worker by its PID (Celery's warm shutdown ends its pool), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def run_celery(syntax: str, instances: Sequence[Instance], warmup: Instance, image_size: int,
-               servers: CeleryStack, logdir: Path, repeat: int) -> RunResult:
+               servers: StandIns, logdir: Path, repeat: int) -> RunResult:
     """One ``medhash worker --concurrency 1`` process; clock from enqueue to all preprocessed."""
     from shared.config import Settings
     from shared.pipeline.ingest import Ingestor
@@ -379,7 +329,8 @@ def run_celery(syntax: str, instances: Sequence[Instance], warmup: Instance, ima
     from shared.storage.catalog import open_catalog
     from shared.storage.objectstore import open_object_store
 
-    env = servers.new_env(image_size)
+    env = {**servers.env(), "MEDHASH_DATA_DIR": str(logdir.parent / f"data-{servers.runs}"),
+           "MEDHASH_IMAGE_SIZE": str(image_size), "MEDHASH_METRICS_PORT": "0"}
     settings = Settings(**{k.removeprefix("MEDHASH_").lower(): v for k, v in env.items()})
     store, catalog = open_object_store(settings), open_catalog(settings)
     # Ingest with a host that sends nothing: the timed enqueue below is the only one.
@@ -442,21 +393,15 @@ def attach_ratios(results: list[RunResult]) -> None:
 
 def table(results: Sequence[RunResult]) -> str:
     """A Markdown table, printable and pasteable into docs/benchmarks.md as is."""
-    lines = [
-        "| syntax | path | slices | seconds | slices/s | ratio vs limit | CPU s | CPU ms/slice | load before→after |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in results:
-        ratio = f"{r.ratio_vs_limit:.2f}x" if r.ratio_vs_limit is not None else "—"
-        cpu = f"{r.cpu_s:.1f}" if r.cpu_s is not None else "—"
-        per = f"{1000 * r.cpu_s / r.slices:.1f}" if r.cpu_s is not None and r.slices else "—"
-        name = r.path if r.repeat == 1 else f"{r.path} (#{r.repeat})"
-        rate = f"{r.slices_per_s:.1f}" if r.ok else f"— FAILED: {r.error}"
-        lines.append(
-            f"| {r.syntax} | {name} | {r.slices} | {r.seconds:.1f} | {rate} | {ratio} | {cpu} | "
-            f"{per} | {r.load_before[0]:.2f}→{r.load_after[0]:.2f} |"
-        )
-    return "\n".join(lines)
+    columns = ["syntax", "path", "slices:", "seconds:", "slices/s:", "ratio vs limit:", "CPU s:",
+               "CPU ms/slice:", "load before→after"]
+    return markdown_table(columns, (
+        [r.syntax, r.path if r.repeat == 1 else f"{r.path} (#{r.repeat})", r.slices,
+         f"{r.seconds:.1f}", f"{r.slices_per_s:.1f}" if r.ok else f"— FAILED: {r.error}",
+         ratio_text(r.ratio_vs_limit), number(r.cpu_s),
+         number(1000 * r.cpu_s / r.slices if r.cpu_s is not None and r.slices else None),
+         load_change(r.load_before, r.load_after)]
+        for r in results))
 
 
 def machine() -> dict[str, Any]:
@@ -472,12 +417,10 @@ def machine() -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Preprocess benchmark: slices/s of one medhash preprocess worker process "
-        "against bare pydicom decode + resize of the same files in one process (the limit), "
-        "for uncompressed and JPEG 2000 lossless 512x512 CT. Prints a Markdown table; numbers "
-        "are measured, never asserted.",
-    )
+    parser = common_parser(
+        "Preprocess benchmark: slices/s of one medhash preprocess worker process against bare "
+        "pydicom decode + resize of the same files in one process (the limit), for uncompressed "
+        "and JPEG 2000 lossless 512x512 CT.")
     parser.add_argument("--count", type=int, default=300, help="CT instances per syntax (default 300)")
     parser.add_argument("--rows", type=int, default=512, help="image rows (default 512)")
     parser.add_argument("--columns", type=int, default=512, help="image columns (default 512)")
@@ -498,10 +441,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files", type=Path, default=None,
                         help="keep the generated files here and reuse them next time "
                         "(default: a temporary folder, removed afterwards)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where the runtimes write (default: a temporary folder, removed "
-                        "afterwards); put it on the disk you want measured")
-    parser.add_argument("--json", type=Path, default=None, help="write results and context here")
     parser.add_argument("--medhash-src", type=Path, default=None,
                         help="import medhash (shared/, workers/) from this source tree instead "
                         "of the repository: to compare a branch or an experiment copy against "
@@ -514,15 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from shared.config import Settings
 
     image_size = args.image_size or Settings.model_fields["image_size"].default
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    info = machine()
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    load_start = load()
-    print(f"command: {command}")
-    print(f"machine: nproc={info['nproc']} cpu={info['cpu']!r} kernel={info['kernel']} "
-          f"python={info['python']} pydicom={info['pydicom']} numpy={info['numpy']} pillow={info['pillow']}")
-    print(f"decoder plugins: {info['decoders']}; medhash from {info['medhash_src']}")
-    print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+    run = Run(machine(), versions=["python", "pydicom", "numpy", "pillow"])
+    run.print_start()
+    print(f"decoder plugins: {run.machine['decoders']}; medhash from {run.machine['medhash_src']}")
     if args.celery and not MEDHASH.exists():
         sys.exit(f"{MEDHASH} not found (pip install -e .)")
 
@@ -539,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, instances in data.items():
             size = sum(len(i.data) for i in instances)
             print(f"{name}: {len(instances)} files, {size / 1e6:.0f} MB ({size / len(instances) / 1e3:.0f} KB each)")
-        servers = CeleryStack(stack, workdir) if args.celery else None
+        servers = StandIns(stack, workdir, "bench_pre") if args.celery else None
         if servers is not None:
             from shared.dicom.synthetic import StudyIds, make_ct
 
@@ -582,28 +515,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_in_process(name, data[name], image_size, workdir, 0, profile_out=out)
 
     attach_ratios(results)
-    load_end = load()
     print()
     print(table(results))
     print()
-    print(f"load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
+    run.finish()
     if args.celery:
-        print("The Celery rows ran on test stand-ins (PostgreSQL with fsync off, moto's in-memory "
-              "S3, Redis) sharing the same cores, not on a production MinIO/PostgreSQL.")
-    if args.json is not None:
-        args.json.write_text(json.dumps({
-            "command": command,
-            "started_at": started_at,
-            "machine": info,
-            "load_start": load_start,
-            "load_end": load_end,
-            "count": args.count,
-            "rows": args.rows,
-            "columns": args.columns,
-            "image_size": image_size,
-            "results": [asdict(r) for r in results],
-        }, indent=2))
-        print(f"results written to {args.json}")
+        print(f"The Celery rows {StandIns.NOTE}")
+    run.write_json(args.json, count=args.count, rows=args.rows, columns=args.columns,
+                   image_size=image_size, results=[asdict(r) for r in results])
     return 0 if results and all(r.ok for r in results) else 1
 
 

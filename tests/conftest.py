@@ -1,7 +1,7 @@
 """Fixtures shared by every test: settings for both configurations and the real servers.
 
 Servers (PostgreSQL, Redis, an S3 API, Orthanc) are started by the tests themselves on free
-loopback ports (see ``tests/servers.py``); each test gets a fresh database and bucket so
+loopback ports (see ``testbed/servers.py``); each test gets a fresh database and bucket so
 tests never see each other's rows or objects.
 """
 
@@ -21,7 +21,7 @@ import redis
 from services.listener import Listener
 from shared.config import Settings
 from shared.pipeline.wiring import Runtime
-from tests.servers import (
+from testbed.servers import (
     OrthancServer,
     PostgresServer,
     RedisServer,

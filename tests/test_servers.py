@@ -23,7 +23,7 @@ import urllib3
 from minio import Minio
 from pydicom.data import get_testdata_file
 
-from tests.servers import (
+from testbed.servers import (
     MissingBinaryError,
     OrthancServer,
     PostgresServer,
@@ -223,7 +223,7 @@ def test_no_server_outlives_the_test_process(ending: str) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal
-        from tests.servers import RedisServer
+        from testbed.servers import RedisServer
         server = RedisServer()
         server.start()
         print(server.pid, server.root, flush=True)

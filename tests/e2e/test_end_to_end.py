@@ -24,7 +24,7 @@ from shared.dicom.sender import Sender
 from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
 from shared.storage.catalog import open_catalog
 from tests.e2e.topology import Topology, distributed_topology, embedded_topology
-from tests.lsh_model import build_lsh_checkpoint, picture
+from testbed.lsh_model import build_lsh_checkpoint, picture
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

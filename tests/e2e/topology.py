@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deploy.local_stack import LocalStack
 from shared.config import Settings
-from tests.servers import free_port
+from testbed.servers import free_port
 
 
 @dataclass(frozen=True)

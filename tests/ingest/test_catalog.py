@@ -15,7 +15,7 @@ from shared.storage.catalog import (
 )
 from shared.storage.catalog.db import migrate
 from shared.storage.catalog.migrations import LATEST_VERSION
-from tests.servers import PostgresServer
+from testbed.servers import PostgresServer
 
 NEW = NewInstance(
     sop_instance_uid="1.2.3.4",

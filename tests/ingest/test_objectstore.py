@@ -15,7 +15,7 @@ from shared.storage.objectstore import (
     open_object_store,
 )
 from shared.storage.objectstore.s3 import S3ObjectStore
-from tests.servers import S3Server
+from testbed.servers import S3Server
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from shared.config import Settings
 from shared.dicom.synthetic import write_ct_series
 from tests.conftest import RunningListener
 from tests.ingest.test_listener import assert_stored_identically
-from tests.servers import OrthancServer
+from testbed.servers import OrthancServer
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from shared.dicom.sender import Sender
 from shared.dicom.synthetic import write_ct_series
 from shared.pipeline.ingest import StoreStatus
 from tests.conftest import RunningListener
-from tests.servers import PostgresServer, S3Server
+from testbed.servers import PostgresServer, S3Server
 
 pytestmark = pytest.mark.integration
 

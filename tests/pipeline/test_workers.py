@@ -21,7 +21,7 @@ from shared.pipeline.reconcile import Reconciler
 from shared.pipeline.states import Stage
 from shared.storage.catalog import InstanceState
 from tests.conftest import RunningListener
-from tests.servers import RedisServer
+from testbed.servers import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -24,7 +24,7 @@ import redis
 from deploy.local_stack import LocalStack
 from shared.config import Settings
 from tests.e2e.topology import _env
-from tests.lsh_model import build_lsh_checkpoint
+from testbed.lsh_model import build_lsh_checkpoint
 from tests.reliability.harness import (
     ALLOWED_AE,
     API_KEY,
@@ -32,7 +32,7 @@ from tests.reliability.harness import (
     Gate,
     stream_files_unchanged,
 )
-from tests.servers import PostgresServer, RedisServer, S3Server, free_port
+from testbed.servers import PostgresServer, RedisServer, S3Server, free_port
 
 RECONCILE_AFTER_S = 5.0
 """An instance this long without progress is re-enqueued (production default: 300 s)."""

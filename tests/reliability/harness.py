@@ -2,7 +2,7 @@
 
 Every test in this package runs against one distributed deployment (``deploy/local_stack.py``:
 listener, search, indexer, reconciler, two preprocess workers, one encode worker, each its
-own process) on the real PostgreSQL, Redis and S3 servers of ``tests/servers.py``. Faults are
+own process) on the real PostgreSQL, Redis and S3 servers of ``testbed/servers.py``. Faults are
 real too: ``kill -9`` of a process group, a Redis restart (it keeps nothing on disk), a
 PostgreSQL or S3 server stopped. What the tests check is never "the call did not raise" but
 the end state, by :func:`audit`: every instance a sender was told is stored is indexed, the
@@ -49,7 +49,7 @@ from shared.storage.catalog import (
     open_catalog,
 )
 from shared.storage.objectstore import ObjectStore, open_object_store
-from tests.lsh_model import picture
+from testbed.lsh_model import picture
 
 T = TypeVar("T")
 
@@ -317,7 +317,7 @@ class Gate:
     """
 
     def __init__(self, target_port: int) -> None:
-        from tests.servers import free_port
+        from testbed.servers import free_port
 
         self.target_port = target_port
         self.port = free_port()

@@ -37,7 +37,7 @@ from tests.reliability.harness import (
     ingest,
     wait_until,
 )
-from tests.servers import free_port
+from testbed.servers import free_port
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -35,7 +35,7 @@ from tests.reliability.harness import (
     scaled,
     wait_stored,
 )
-from tests.servers import PostgresServer, RedisServer
+from testbed.servers import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 

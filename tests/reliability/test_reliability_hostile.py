@@ -54,7 +54,7 @@ from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
 from shared.dicom.uids import InvalidUID, clean_uid
 from shared.storage.catalog import InstanceState
 from shared.storage.objectstore import check_key
-from tests.lsh_model import picture
+from testbed.lsh_model import picture
 from tests.reliability.harness import (
     ALLOWED_AE,
     PICTURE_SIDE,

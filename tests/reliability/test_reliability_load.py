@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.lsh_model import picture
+from testbed.lsh_model import picture
 from tests.reliability.harness import (
     PICTURE_SIDE,
     Batch,

@@ -33,7 +33,7 @@ from shared.pipeline.index import Indexer
 from shared.pipeline.ingest import Ingestor, StoreStatus
 from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
 from shared.pipeline.wiring import Runtime
-from tests.lsh_model import build_lsh_checkpoint, picture
+from testbed.lsh_model import build_lsh_checkpoint, picture
 
 IMAGE_SIZE = 48
 """Side of the stored slices (small: fast to preprocess, encode and thumbnail)."""

@@ -518,7 +518,7 @@ class S3Server(_ServerProcess):
     (``/moto-api/recorder/replay-recording``). Replay costs time proportional to all
     requests made so far, which is negligible at test sizes. moto's recorder interleaves
     the entries of concurrent requests, so the server runs through
-    ``tests/moto_recording_server.py``, which serialises them. With ``persistent=False`` a
+    ``testbed/moto_recording_server.py``, which serialises them. With ``persistent=False`` a
     restart empties the store. pause()/resume() never lose anything.
 
     moto accepts any credentials; ``access_key``/``secret_key`` are what the client is
