@@ -1,4 +1,4 @@
-"""Rewrite the README's settings table from shared/config.py (tests/test_config.py checks it)."""
+"""Rewrite the README's settings table from shared/config.py (tests/shared/test_config.py checks it)."""
 
 from pathlib import Path
 

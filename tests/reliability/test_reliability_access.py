@@ -8,7 +8,7 @@ All through the running deployment's own processes:
   wrong one, and serves it with the key (``/healthz`` stays open for probes);
 * search results and instance details carry no patient-identifying attribute
   (``MEDHASH_EXPOSE_PATIENT_DATA`` is off);
-* DICOM over TLS with client certificates: ``tests/ingest/test_tls.py`` proves the TLS
+* DICOM over TLS with client certificates: ``tests/services/listener/test_tls.py`` proves the TLS
   handshake rules on an in-process listener; here a second ``medhash listener`` *process*
   with TLS, a client CA and the AE allow-list feeds the same distributed pipeline, so an
   instance sent over mutual TLS ends searchable, while a sender without a certificate, over
@@ -27,7 +27,7 @@ import pytest
 
 from shared.dicom.sender import Sender
 from shared.storage.catalog import InstanceState
-from tests.ingest.test_tls import issue
+from tests.services.listener.test_tls import issue
 from tests.reliability.harness import (
     ALLOWED_AE,
     Batch,

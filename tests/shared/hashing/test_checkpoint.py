@@ -10,7 +10,7 @@ import torch
 from shared.hashing.checkpoint import load_checkpoint, save_checkpoint, update_metrics
 from shared.hashing.models import create_model
 from shared.hashing.transform import DEFAULT_NORMALIZATION
-from tests.models.synthetic import synthetic_set
+from tests.shared.learning.synthetic import synthetic_set
 
 pytestmark = pytest.mark.unit
 

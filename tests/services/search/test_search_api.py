@@ -25,7 +25,7 @@ from pydicom.uid import BasicTextSRStorage
 from services.search import create_app
 from shared.dicom.synthetic import StudyIds, make_secondary_capture
 from shared.hashing.inference import BatchEncoder
-from tests.search.conftest import World, part10, picture, png_bytes
+from tests.services.search.conftest import World, part10, picture, png_bytes
 
 pytestmark = pytest.mark.unit
 

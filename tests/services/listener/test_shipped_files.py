@@ -21,7 +21,7 @@ from pydicom.filereader import read_file_meta_info
 
 from shared.config import Settings
 from tests.conftest import RunningListener, dcmtk, dcmtk_env
-from tests.ingest.dicomtools import dataset_bytes, storescu, storescu_config
+from tests.services.listener.dicomtools import dataset_bytes, storescu, storescu_config
 from tests.shipped import shipped_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

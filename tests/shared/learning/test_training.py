@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared.learning.training import TrainConfig, fit, learning_rate
-from tests.models.synthetic import synthetic_set
+from tests.shared.learning.synthetic import synthetic_set
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, expect, sync_playwright
 
 from services.search import create_app
 from shared.hashing.inference import BatchEncoder
-from tests.search.conftest import World, png_bytes, served
+from tests.services.search.conftest import World, png_bytes, served
 from testbed.servers import require_binary
 
 pytestmark = pytest.mark.integration

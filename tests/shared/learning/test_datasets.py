@@ -17,7 +17,7 @@ from shared.learning.datasets import (
     split_folder,
     stratified_split,
 )
-from tests.models.synthetic import write_png_folder
+from tests.shared.learning.synthetic import write_png_folder
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ from services.search import create_app
 from shared.dicom.synthetic import StudyIds, make_secondary_capture
 from shared.hashing.inference import BatchEncoder
 from shared.pipeline.wiring import Runtime
-from tests.search.conftest import (
+from tests.services.search.conftest import (
     picture,
     pipeline_in,
     png_bytes,

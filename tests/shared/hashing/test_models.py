@@ -12,7 +12,7 @@ from shared.hashing.models import HashHead, create_model, list_models, resolve_n
 from shared.hashing.transform import to_model_input
 from shared.learning.evaluation import retrieval_metrics
 from shared.learning.training import TrainConfig, fit
-from tests.models.synthetic import synthetic_set
+from tests.shared.learning.synthetic import synthetic_set
 
 pytestmark = pytest.mark.unit
 

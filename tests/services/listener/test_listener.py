@@ -17,7 +17,7 @@ from shared.dicom.synthetic import StudyIds, make_ct, write, write_ct_series
 from shared.pipeline.states import Stage
 from shared.storage.catalog import InstanceState
 from tests.conftest import RunningListener, dcmtk, dcmtk_env
-from tests.ingest.dicomtools import dataset_bytes, storescu, storescu_config
+from tests.services.listener.dicomtools import dataset_bytes, storescu, storescu_config
 from tests.shipped import shipped_files
 
 pytestmark = pytest.mark.integration

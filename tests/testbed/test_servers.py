@@ -33,7 +33,7 @@ from testbed.servers import (
     require_binary,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _process_exists(pid: int) -> bool:

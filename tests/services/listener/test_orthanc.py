@@ -11,7 +11,7 @@ import pytest
 from shared.config import Settings
 from shared.dicom.synthetic import write_ct_series
 from tests.conftest import RunningListener
-from tests.ingest.test_listener import assert_stored_identically
+from tests.services.listener.test_listener import assert_stored_identically
 from testbed.servers import OrthancServer
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from medhash.commands.learning import app
-from tests.models.synthetic import write_png_folder
+from tests.shared.learning.synthetic import write_png_folder
 
 pytestmark = pytest.mark.unit
 
