@@ -53,16 +53,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/ingest.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import (  # noqa: E402
-    Run,
-    StandIns,
-    load,
-    load_change,
-    markdown_table,
-    number,
-    ratio_text,
-    stop_process,
-)
+from bench.common import Run, StandIns, load, load_change, markdown_table, number, ratio_text, stop_process  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
 from bench.common import parser as common_parser  # noqa: E402
 from testbed.servers import free_port  # noqa: E402

@@ -80,17 +80,7 @@ import numpy as np  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
 
-from bench.common import (  # noqa: E402
-    Run,
-    StandIns,
-    load,
-    load_change,
-    markdown_table,
-    number,
-    ratio_text,
-    stop_process,
-    wait_until,
-)
+from bench.common import Run, StandIns, load, load_change, markdown_table, number, ratio_text, stop_process, wait_until  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
 from bench.common import parser as common_parser  # noqa: E402
 

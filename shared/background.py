@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 log = logging.getLogger("medhash.background")
 
@@ -24,32 +25,24 @@ def wait_for_signal() -> None:
     stop.wait()
 
 
+@dataclass
 class Periodic:
     """Calls ``tick`` every ``interval_s`` seconds on a daemon thread until :meth:`stop`.
 
     A tick that raises is logged and the next one runs on schedule: a loop that died of one
     catalog outage would silently end the pipeline's self-healing. Errors of the ``expected``
-    kinds (an outage that passes) log one warning line; anything else logs its traceback.
+    kinds (an outage that passes) log one warning line (with ``extra``, the log fields an
+    operator greps for); anything else logs its traceback.
     """
 
-    def __init__(
-        self,
-        name: str,
-        interval_s: float,
-        tick: Callable[[], object],
-        *,
-        logger: logging.Logger = log,
-        expected: tuple[type[Exception], ...] = (),
-        extra: Mapping[str, object] | None = None,
-    ) -> None:
-        self.name = name
-        self.interval_s = interval_s
-        self.tick = tick
-        self._log = logger
-        self._expected = expected
-        self._extra = dict(extra or {})
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    name: str
+    interval_s: float
+    tick: Callable[[], object]
+    logger: logging.Logger = log
+    expected: tuple[type[Exception], ...] = ()
+    extra: Mapping[str, object] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
     def start(self) -> None:
         """Start ticking; the first tick comes one interval from now."""
@@ -66,9 +59,9 @@ class Periodic:
         while not self._stop.wait(self.interval_s):
             try:
                 self.tick()
-            except self._expected as exc:
-                self._log.warning("%s round failed, retrying in %g s: %s", self.name,
-                                  self.interval_s, exc, extra=self._extra)
+            except self.expected as exc:
+                self.logger.warning("%s round failed, retrying in %g s: %s", self.name,
+                                    self.interval_s, exc, extra=dict(self.extra))
             except Exception:  # noqa: BLE001 - logged with its traceback, next round runs
-                self._log.exception("%s round failed, retrying in %g s", self.name,
-                                    self.interval_s, extra=self._extra)
+                self.logger.exception("%s round failed, retrying in %g s", self.name,
+                                      self.interval_s, extra=dict(self.extra))

@@ -8,6 +8,7 @@ import base64
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -34,6 +35,7 @@ from services.search.schemas import (
     Stats,
 )
 from services.search.uploads import read_search_request
+from shared.storage.catalog import Instance
 from shared.storage.slice_format import thumbnail_png
 
 log = logging.getLogger("medhash.search")
@@ -62,6 +64,12 @@ SEARCH_BODY = {
 }
 """``POST /v1/search`` reads its body itself (bounded while streaming), so the OpenAPI
 document describes it here."""
+
+STORED_ATTRIBUTES = tuple(
+    name for name in InstanceInfo.model_fields
+    if name in {f.name for f in fields(Instance)} and name not in {"state", "patient_id"})
+"""What ``GET /v1/instances/{sop_uid}`` shows of the catalog row as it is (the state as its
+name, the patient only when exposed, versions and frames looked up)."""
 
 v1 = APIRouter()
 """The ``/v1`` API; ``create_app`` mounts it with the prefix, the error bodies and the API key."""
@@ -154,20 +162,9 @@ def instance(request: Request, sop_uid: str, svc: SearchService = Depends(servic
     current = svc.engine.current(sop_uid)
     catalog = svc.runtime.catalog
     return InstanceInfo(
-        sop_instance_uid=current.sop_instance_uid,
+        **{name: getattr(current, name) for name in STORED_ATTRIBUTES},
         state=current.state.value,
-        reason=current.reason,
-        state_changed_at=current.state_changed_at,
-        received_at=current.received_at,
         versions=len(catalog.versions(sop_uid)),
-        sop_class_uid=current.sop_class_uid,
-        transfer_syntax_uid=current.transfer_syntax_uid,
-        study_instance_uid=current.study_instance_uid,
-        series_instance_uid=current.series_instance_uid,
-        modality=current.modality,
-        body_part=current.body_part,
-        number_of_frames=current.number_of_frames,
-        size_bytes=current.size_bytes,
         frames=[FrameInfo(frame=item.frame_index, excluded=item.excluded,
                           exclusion_reason=item.exclusion_reason,
                           thumbnail_url=thumbnail_url(request, sop_uid, item.frame_index))

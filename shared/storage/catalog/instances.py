@@ -20,11 +20,10 @@ from shared.storage.catalog.records import (
 class InstanceRecords(Tables):
     def find_duplicate(self, sop_instance_uid: str, sha256: str) -> int | None:
         """The id of the row holding exactly these bytes for this UID, if there is one."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                "SELECT id FROM instances WHERE sop_instance_uid = ? AND sha256 = ?",
-                (sop_instance_uid, sha256),
-            )
+        rows = self.read(
+            "SELECT id FROM instances WHERE sop_instance_uid = ? AND sha256 = ?",
+            (sop_instance_uid, sha256),
+        )
         return int(rows[0][0]) if rows else None
 
     def record_received(self, new: NewInstance) -> RecordOutcome:
@@ -64,17 +63,15 @@ class InstanceRecords(Tables):
         )
 
     def get(self, instance_id: int) -> Instance | None:
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(f"{SELECT_INSTANCE} WHERE id = ?", (instance_id,))
+        rows = self.read(f"{SELECT_INSTANCE} WHERE id = ?", (instance_id,))
         return instance_of(rows[0]) if rows else None
 
     def versions(self, sop_instance_uid: str) -> list[Instance]:
         """Every stored version of an instance, newest first."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                f"{SELECT_INSTANCE} WHERE sop_instance_uid = ? ORDER BY id DESC",
-                (sop_instance_uid,),
-            )
+        rows = self.read(
+            f"{SELECT_INSTANCE} WHERE sop_instance_uid = ? ORDER BY id DESC",
+            (sop_instance_uid,),
+        )
         return [instance_of(row) for row in rows]
 
     def current(self, sop_instance_uid: str) -> Instance | None:
@@ -84,16 +81,14 @@ class InstanceRecords(Tables):
 
     def all_instances(self) -> list[Instance]:
         """Every row, every version: what an audit compares with the object store."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(f"{SELECT_INSTANCE} ORDER BY id")
+        rows = self.read(f"{SELECT_INSTANCE} ORDER BY id")
         return [instance_of(row) for row in rows]
 
     def counts_by_state(self) -> dict[str, int]:
         """Number of current instances in each state (every state listed, zeros included)."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                "SELECT state, COUNT(*) FROM instances WHERE is_current GROUP BY state"
-            )
+        rows = self.read(
+            "SELECT state, COUNT(*) FROM instances WHERE is_current GROUP BY state"
+        )
         counts = {state.value: 0 for state in InstanceState}
         counts.update({str(state): int(count) for state, count in rows})
         return counts

@@ -96,12 +96,11 @@ class PipelineRecords(Tables):
 
     def stale(self, state: InstanceState, older_than_s: float, limit: int = 1000) -> list[Instance]:
         """Current instances that have sat in ``state`` for longer than ``older_than_s``."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                f"{SELECT_INSTANCE} WHERE state = ? AND is_current AND state_changed_at < ? "
-                "ORDER BY state_changed_at LIMIT ?",
-                (state.value, time.time() - older_than_s, limit),
-            )
+        rows = self.read(
+            f"{SELECT_INSTANCE} WHERE state = ? AND is_current AND state_changed_at < ? "
+            "ORDER BY state_changed_at LIMIT ?",
+            (state.value, time.time() - older_than_s, limit),
+        )
         return [instance_of(row) for row in rows]
 
     def touch(self, instance_id: int) -> None:
@@ -114,37 +113,33 @@ class PipelineRecords(Tables):
     # --- slices and series cleaning ---------------------------------------------------------
 
     def slices(self, instance_id: int) -> list[Slice]:
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                f"{SELECT_SLICE} WHERE instance_id = ? ORDER BY frame_index", (instance_id,)
-            )
+        rows = self.read(
+            f"{SELECT_SLICE} WHERE instance_id = ? ORDER BY frame_index", (instance_id,)
+        )
         return [slice_of(row) for row in rows]
 
     def all_slices(self) -> list[Slice]:
         """Every slice row: what an audit compares with the object store and the index."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(f"{SELECT_SLICE} ORDER BY id")
+        rows = self.read(f"{SELECT_SLICE} ORDER BY id")
         return [slice_of(row) for row in rows]
 
     def series_to_clean(self, stable_s: float) -> list[str]:
         """Series with no new slice for ``stable_s`` whose cleaning is missing or out of date."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                "SELECT s.series_instance_uid FROM slices s "
-                "LEFT JOIN series_cleaning c ON c.series_instance_uid = s.series_instance_uid "
-                "WHERE s.series_instance_uid IS NOT NULL "
-                "GROUP BY s.series_instance_uid, c.slice_count "
-                "HAVING MAX(s.created_at) < ? AND (c.slice_count IS NULL OR c.slice_count <> COUNT(*))",
-                (time.time() - stable_s,),
-            )
+        rows = self.read(
+            "SELECT s.series_instance_uid FROM slices s "
+            "LEFT JOIN series_cleaning c ON c.series_instance_uid = s.series_instance_uid "
+            "WHERE s.series_instance_uid IS NOT NULL "
+            "GROUP BY s.series_instance_uid, c.slice_count "
+            "HAVING MAX(s.created_at) < ? AND (c.slice_count IS NULL OR c.slice_count <> COUNT(*))",
+            (time.time() - stable_s,),
+        )
         return [str(row[0]) for row in rows]
 
     def series_slices(self, series_instance_uid: str) -> list[Slice]:
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                f"{SELECT_SLICE} WHERE series_instance_uid = ? ORDER BY id",
-                (series_instance_uid,),
-            )
+        rows = self.read(
+            f"{SELECT_SLICE} WHERE series_instance_uid = ? ORDER BY id",
+            (series_instance_uid,),
+        )
         return [slice_of(row) for row in rows]
 
     def record_series_cleaning(
@@ -173,10 +168,9 @@ class PipelineRecords(Tables):
         if not instance_ids:
             return []
         marks = ", ".join("?" for _ in instance_ids)
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                "SELECT s.id, s.instance_id, c.code FROM slices s JOIN codes c ON c.slice_id = s.id "
-                f"WHERE c.model_version = ? AND s.instance_id IN ({marks}) ORDER BY s.id",
-                (model_version, *instance_ids),
-            )
+        rows = self.read(
+            "SELECT s.id, s.instance_id, c.code FROM slices s JOIN codes c ON c.slice_id = s.id "
+            f"WHERE c.model_version = ? AND s.instance_id IN ({marks}) ORDER BY s.id",
+            (model_version, *instance_ids),
+        )
         return [(int(a), int(b), bytes(code)) for a, b, code in rows]

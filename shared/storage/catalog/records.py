@@ -24,6 +24,11 @@ class Tables:
     def __init__(self, database: Database) -> None:
         self.database = database
 
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """One read-only statement in its own transaction (SQLite skips the write lock)."""
+        with self.database.transaction(write=False) as tx:
+            return tx.execute(sql, params)
+
 
 @dataclass(frozen=True)
 class NewInstance:

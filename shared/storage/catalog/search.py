@@ -11,22 +11,20 @@ from shared.storage.catalog.records import SELECT_DETAIL, SliceDetail, Tables, d
 class SearchLookups(Tables):
     def codes_of_sop(self, sop_instance_uid: str, model_version: str) -> list[tuple[int, bytes]]:
         """(slice id, packed code) of the current version of an instance, by frame."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                "SELECT s.id, c.code FROM instances i JOIN slices s ON s.instance_id = i.id "
-                "JOIN codes c ON c.slice_id = s.id WHERE i.sop_instance_uid = ? AND i.is_current "
-                "AND c.model_version = ? ORDER BY s.frame_index",
-                (sop_instance_uid, model_version),
-            )
+        rows = self.read(
+            "SELECT s.id, c.code FROM instances i JOIN slices s ON s.instance_id = i.id "
+            "JOIN codes c ON c.slice_id = s.id WHERE i.sop_instance_uid = ? AND i.is_current "
+            "AND c.model_version = ? ORDER BY s.frame_index",
+            (sop_instance_uid, model_version),
+        )
         return [(int(a), bytes(code)) for a, code in rows]
 
     def all_codes(self, model_version: str) -> list[tuple[int, bytes]]:
         """Every (slice id, code) of a model version, by slice id: the index's ground truth."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(
-                "SELECT slice_id, code FROM codes WHERE model_version = ? ORDER BY slice_id",
-                (model_version,),
-            )
+        rows = self.read(
+            "SELECT slice_id, code FROM codes WHERE model_version = ? ORDER BY slice_id",
+            (model_version,),
+        )
         return [(int(a), bytes(code)) for a, code in rows]
 
     def slice_details(self, slice_ids: Sequence[int]) -> dict[int, SliceDetail]:
@@ -34,6 +32,5 @@ class SearchLookups(Tables):
         if not slice_ids:
             return {}
         marks = ", ".join("?" for _ in slice_ids)
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(f"{SELECT_DETAIL} WHERE s.id IN ({marks})", tuple(slice_ids))
+        rows = self.read(f"{SELECT_DETAIL} WHERE s.id IN ({marks})", tuple(slice_ids))
         return {detail.slice_id: detail for detail in map(detail_of, rows)}

@@ -9,6 +9,5 @@ class TrainingSlices(Tables):
     def training_slices(self) -> list[SliceDetail]:
         """Every slice a model may learn from: kept by series cleaning, of the current
         version of its instance, by slice id (so a seeded split is reproducible)."""
-        with self.database.transaction(write=False) as tx:
-            rows = tx.execute(f"{SELECT_DETAIL} WHERE s.excluded = ? AND i.is_current ORDER BY s.id", (False,))
+        rows = self.read(f"{SELECT_DETAIL} WHERE s.excluded = ? AND i.is_current ORDER BY s.id", (False,))
         return [detail_of(row) for row in rows]
