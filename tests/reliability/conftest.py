@@ -23,8 +23,9 @@ import redis
 
 from deploy.local_stack import LocalStack
 from shared.config import Settings
-from tests.e2e.topology import _env
 from testbed.lsh_model import build_lsh_checkpoint
+from testbed.servers import PostgresServer, RedisServer, S3Server, free_port
+from tests.e2e.topology import _env
 from tests.reliability.harness import (
     ALLOWED_AE,
     API_KEY,
@@ -32,7 +33,6 @@ from tests.reliability.harness import (
     Gate,
     stream_files_unchanged,
 )
-from testbed.servers import PostgresServer, RedisServer, S3Server, free_port
 
 RECONCILE_AFTER_S = 5.0
 """An instance this long without progress is re-enqueued (production default: 300 s)."""
@@ -75,11 +75,13 @@ def s3_gate(s3_server: S3Server) -> Iterator[Gate]:
     gate.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def deployment(
     tmp_path_factory: pytest.TempPathFactory, reliability_checkpoint: Path,
     postgres_server: PostgresServer, redis_server: RedisServer, s3_server: S3Server, s3_gate: Gate,
 ) -> Iterator[Deployment]:
+    """The distributed deployment of this package, stopped when its last test ends: its
+    workers consume the session's Redis queues, which later tests of other packages use."""
     work_dir = tmp_path_factory.mktemp("reliability")
     settings = deployment_settings(work_dir, reliability_checkpoint, postgres_server, redis_server,
                                    s3_server, s3_gate.endpoint)
