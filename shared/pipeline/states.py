@@ -23,10 +23,6 @@ class InstanceState(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
 
-    @property
-    def is_final(self) -> bool:
-        return self in {InstanceState.INDEXED, InstanceState.FAILED, InstanceState.SKIPPED}
-
 
 class Stage(StrEnum):
     """A pipeline stage, and the queue its workers consume (named after it)."""

@@ -23,8 +23,9 @@ from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
 from shared.storage.catalog import open_catalog
-from tests.e2e.topology import Topology, distributed_topology, embedded_topology
+from testbed.catalog_audit import all_codes
 from testbed.lsh_model import build_lsh_checkpoint, picture
+from tests.e2e.topology import Topology, distributed_topology, embedded_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -91,7 +92,7 @@ def brute_force(settings: Settings, model_version: str, query_code: bytes, k: in
     """Hamming top-k over every code in the catalog, ties by slice id."""
     catalog = open_catalog(settings)
     try:
-        rows = catalog.all_codes(model_version)
+        rows = all_codes(catalog, model_version)
     finally:
         catalog.close()
     ids = np.array([slice_id for slice_id, _ in rows])

@@ -42,6 +42,7 @@ from shared.config import Settings
 from shared.dicom.sender import Sender, SendResult
 from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
 from shared.index import Searcher
+from shared.pipeline.states import stage_for
 from shared.storage.catalog import (
     Catalog,
     CatalogUnavailable,
@@ -49,6 +50,7 @@ from shared.storage.catalog import (
     open_catalog,
 )
 from shared.storage.objectstore import ObjectStore, open_object_store
+from testbed.catalog_audit import all_codes, all_instances, all_slices
 from testbed.lsh_model import picture
 
 T = TypeVar("T")
@@ -252,9 +254,9 @@ class Deployment:
         wanted = set(uids)
 
         def states() -> dict[str, InstanceState] | None:
-            current = {row.sop_instance_uid: row.state for row in self.catalog.all_instances()
+            current = {row.sop_instance_uid: row.state for row in all_instances(self.catalog)
                        if row.is_current and row.sop_instance_uid in wanted}
-            done = len(current) == len(wanted) and all(s.is_final for s in current.values())
+            done = len(current) == len(wanted) and all(stage_for(s) is None for s in current.values())
             return current if done else None
 
         def progress() -> str:
@@ -269,9 +271,9 @@ class Deployment:
     def wait_loaded(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Until the search service serves a generation holding every indexed slice."""
         def loaded() -> dict[str, Any] | None:
-            indexed = {row.id for row in self.catalog.all_instances()
+            indexed = {row.id for row in all_instances(self.catalog)
                        if row.state is InstanceState.INDEXED}
-            slices = sum(1 for s in self.catalog.all_slices() if s.instance_id in indexed)
+            slices = sum(1 for s in all_slices(self.catalog) if s.instance_id in indexed)
             with self.http() as client:
                 stats: dict[str, Any] = client.get("/v1/stats").json()
             return stats if (stats["index"]["size"] or 0) >= slices else None
@@ -565,7 +567,7 @@ def audit(deployment: Deployment, stored: Iterable[str], verify_bytes: Iterable[
        slices. Nothing half-written, nothing orphaned.
     """
     catalog, store = deployment.catalog, deployment.store
-    rows = catalog.all_instances()
+    rows = all_instances(catalog)
     by_uid = {row.sop_instance_uid: row for row in rows if row.is_current}
     stored = set(stored)
     missing = stored - set(by_uid)
@@ -582,9 +584,9 @@ def audit(deployment: Deployment, stored: Iterable[str], verify_bytes: Iterable[
     searcher = Searcher.open(store, model_version)
     assert searcher is not None, "no index generation published"
     indexed_ids = {row.id for row in rows if row.state is InstanceState.INDEXED}
-    slices = catalog.all_slices()
+    slices = all_slices(catalog)
     indexed_slices = {s.id for s in slices if s.instance_id in indexed_ids}
-    codes = dict(catalog.all_codes(model_version))
+    codes = dict(all_codes(catalog, model_version))
     everything = searcher.search(np.zeros((1, searcher.bits // 8), np.uint8), len(searcher) + 10)[0]
     ids = [slice_id for slice_id, _ in everything]
     assert len(ids) == len(set(ids)), "a slice is in the index twice"

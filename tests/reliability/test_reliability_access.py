@@ -27,7 +27,8 @@ import pytest
 
 from shared.dicom.sender import Sender
 from shared.storage.catalog import InstanceState
-from tests.services.listener.test_tls import issue
+from testbed.catalog_audit import all_instances
+from testbed.servers import free_port
 from tests.reliability.harness import (
     ALLOWED_AE,
     Batch,
@@ -37,7 +38,7 @@ from tests.reliability.harness import (
     ingest,
     wait_until,
 )
-from testbed.servers import free_port
+from tests.services.listener.test_tls import issue
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 
@@ -46,7 +47,7 @@ PATIENT_ID = "PAT-RELIABILITY-SECRET-0042"
 
 def test_only_allowed_calling_ae_titles_may_associate(healthy: Deployment, tmp_path: Path) -> None:
     batch = Batch.make(tmp_path, 2)
-    rows = len(healthy.catalog.all_instances())
+    rows = len(all_instances(healthy.catalog))
     assert echo(healthy.dicom_port, ALLOWED_AE)
     for intruder in ("INTRUDER", "MEDHASH_SCU2", "medhash_scu", ""):
         if intruder:
@@ -54,7 +55,7 @@ def test_only_allowed_calling_ae_titles_may_associate(healthy: Deployment, tmp_p
         refused = healthy.sender(calling_ae=intruder or "ANONYMOUS").send(batch.paths)
         assert [r.stored for r in refused] == [False, False], (intruder, refused)
         assert all("rejected" in r.reason for r in refused), refused
-    assert len(healthy.catalog.all_instances()) == rows, "an instance from a refused AE was recorded"
+    assert len(all_instances(healthy.catalog)) == rows, "an instance from a refused AE was recorded"
     # and the listener still takes the allowed sender's instances
     allowed = ingest(healthy, batch, senders=1)
     assert allowed.stored_uids == set(batch.uids.values()) and allowed.resent == 0
@@ -84,7 +85,7 @@ def test_results_carry_no_patient_data(healthy: Deployment, tmp_path: Path) -> N
     uids = ingest(healthy, batch, senders=1).stored_uids
     healthy.wait_final(uids)
     healthy.wait_loaded()
-    assert {row.patient_id for row in healthy.catalog.all_instances()
+    assert {row.patient_id for row in all_instances(healthy.catalog)
             if row.sop_instance_uid in uids} == {PATIENT_ID}  # the catalog has it...
     with healthy.http() as client:
         for uid in uids:
@@ -137,7 +138,7 @@ def test_dicom_over_mutual_tls_feeds_the_pipeline(healthy: Deployment, tls_liste
         return tls
 
     batch = Batch.make(tmp_path, 2)
-    rows = len(healthy.catalog.all_instances())
+    rows = len(all_instances(healthy.catalog))
     refused = {
         "no client certificate": Sender("localhost", tls_listener, "MEDHASH", ALLOWED_AE, tls=context(False)),
         "plain TCP": Sender("127.0.0.1", tls_listener, "MEDHASH", ALLOWED_AE),
@@ -146,7 +147,7 @@ def test_dicom_over_mutual_tls_feeds_the_pipeline(healthy: Deployment, tls_liste
     }
     for name, sender in refused.items():
         assert not any(r.stored for r in sender.send(batch.paths[:1])), name
-    assert len(healthy.catalog.all_instances()) == rows
+    assert len(all_instances(healthy.catalog)) == rows
 
     results = Sender("localhost", tls_listener, "MEDHASH", ALLOWED_AE, tls=context(True)).send(batch.paths)
     assert all(r.stored for r in results), [r.reason for r in results]

@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 
 from shared.storage.catalog import InstanceState
+from testbed.catalog_audit import all_instances
+from testbed.servers import PostgresServer, RedisServer
 from tests.reliability.harness import (
     Batch,
     Deployment,
@@ -35,7 +37,6 @@ from tests.reliability.harness import (
     scaled,
     wait_stored,
 )
-from testbed.servers import PostgresServer, RedisServer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
 
@@ -165,7 +166,7 @@ def test_every_fault_in_one_ingest(healthy: Deployment, servers: Servers, tmp_pa
     run = run_with_fault(healthy, servers, batch, MIXED, "mixed", CELERY_WORKERS)
     assert run.resent > 0
     # the whole study sent again, as a PACS does when unsure: Success at once, nothing new
-    rows = len(healthy.catalog.all_instances())
+    rows = len(all_instances(healthy.catalog))
     again = ingest(healthy, batch, SENDERS, per_association=64)
     assert again.stored_uids == run.stored_uids and again.resent == 0
     after = audit(healthy, run.stored_uids)

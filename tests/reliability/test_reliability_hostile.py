@@ -54,6 +54,7 @@ from shared.dicom.synthetic import StudyIds, make_secondary_capture, write
 from shared.dicom.uids import InvalidUID, clean_uid
 from shared.storage.catalog import InstanceState
 from shared.storage.objectstore import check_key
+from testbed.catalog_audit import all_instances
 from testbed.lsh_model import picture
 from tests.reliability.harness import (
     ALLOWED_AE,
@@ -136,7 +137,7 @@ def mutated(draw: st.DrawFn, original: bytes) -> bytes:
 
 def test_random_pdus_and_broken_association_requests(deployment: Deployment) -> None:
     exits = len(deployment.exits)
-    rows = len(deployment.catalog.all_instances())
+    rows = len(all_instances(deployment.catalog))
 
     @FUZZ
     @given(payload=st.one_of(pdus, mutated(association_request())))
@@ -146,7 +147,7 @@ def test_random_pdus_and_broken_association_requests(deployment: Deployment) -> 
 
     check()
     deployment.assert_no_exit_since(exits)
-    assert len(deployment.catalog.all_instances()) == rows
+    assert len(all_instances(deployment.catalog)) == rows
 
 
 # --- fuzzed datasets in a real association --------------------------------------------------------
@@ -276,7 +277,7 @@ def test_a_nul_inside_a_uid_is_stored_like_any_invalid_uid(deployment: Deploymen
     finally:
         if not result.stored:  # the orphan this leaves would fail every later audit: clean it up
             for key in deployment.store.list("raw/invalid-uid/"):
-                if key not in {row.object_key for row in deployment.catalog.all_instances()}:
+                if key not in {row.object_key for row in all_instances(deployment.catalog)}:
                     print(f"\n[hostile] NUL in a UID: {result.reason}, left {key} without a catalog row")
                     deployment.store.delete(key)
     deployment.wait_final([uid])

@@ -20,8 +20,9 @@ from shared.dicom.synthetic import write_ct_series
 from shared.pipeline.reconcile import Reconciler
 from shared.pipeline.states import Stage
 from shared.storage.catalog import InstanceState
-from tests.conftest import RunningListener
+from testbed.catalog_audit import all_instances, all_slices
 from testbed.servers import RedisServer
+from tests.conftest import RunningListener
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,9 +77,9 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, tick: Callable[[
 
 def assert_each_effect_once(listener: RunningListener, count: int) -> None:
     catalog = listener.runtime.catalog
-    rows = catalog.all_instances()
+    rows = all_instances(catalog)
     assert len(rows) == count and {row.state for row in rows} == {InstanceState.PREPROCESSED}
-    slices = catalog.all_slices()
+    slices = all_slices(catalog)
     assert len(slices) == count  # single-frame instances: one slice each, never two
     assert len({(s.instance_id, s.frame_index) for s in slices}) == count
     assert sorted(listener.runtime.store.list("slices/")) == sorted(s.object_key for s in slices)

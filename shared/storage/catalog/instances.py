@@ -79,11 +79,6 @@ class InstanceRecords(Tables):
         versions = self.versions(sop_instance_uid)
         return next((version for version in versions if version.is_current), None)
 
-    def all_instances(self) -> list[Instance]:
-        """Every row, every version: what an audit compares with the object store."""
-        rows = self.read(f"{SELECT_INSTANCE} ORDER BY id")
-        return [instance_of(row) for row in rows]
-
     def counts_by_state(self) -> dict[str, int]:
         """Number of current instances in each state (every state listed, zeros included)."""
         rows = self.read(

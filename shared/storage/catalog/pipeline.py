@@ -118,11 +118,6 @@ class PipelineRecords(Tables):
         )
         return [slice_of(row) for row in rows]
 
-    def all_slices(self) -> list[Slice]:
-        """Every slice row: what an audit compares with the object store and the index."""
-        rows = self.read(f"{SELECT_SLICE} ORDER BY id")
-        return [slice_of(row) for row in rows]
-
     def series_to_clean(self, stable_s: float) -> list[str]:
         """Series with no new slice for ``stable_s`` whose cleaning is missing or out of date."""
         rows = self.read(

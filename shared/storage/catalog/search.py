@@ -19,14 +19,6 @@ class SearchLookups(Tables):
         )
         return [(int(a), bytes(code)) for a, code in rows]
 
-    def all_codes(self, model_version: str) -> list[tuple[int, bytes]]:
-        """Every (slice id, code) of a model version, by slice id: the index's ground truth."""
-        rows = self.read(
-            "SELECT slice_id, code FROM codes WHERE model_version = ? ORDER BY slice_id",
-            (model_version,),
-        )
-        return [(int(a), bytes(code)) for a, code in rows]
-
     def slice_details(self, slice_ids: Sequence[int]) -> dict[int, SliceDetail]:
         """What a search result shows about each slice, keyed by slice id."""
         if not slice_ids:

@@ -18,6 +18,7 @@ from pynetdicom.pdu import P_DATA_TF
 from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import StudyIds, make_ct, write
+from testbed.catalog_audit import all_instances
 from tests.conftest import RunningListener, dcmtk, dcmtk_env
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def still_serving(listener: RunningListener) -> bool:
 
 
 def nothing_stored(listener: RunningListener) -> bool:
-    return listener.runtime.catalog.all_instances() == [] and list(listener.runtime.store.list()) == []
+    return all_instances(listener.runtime.catalog) == [] and list(listener.runtime.store.list()) == []
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from shared.dicom.sender import Sender
 from shared.dicom.synthetic import StudyIds, make_ct, write, write_ct_series
 from shared.pipeline.states import Stage
 from shared.storage.catalog import InstanceState
+from testbed.catalog_audit import all_instances
 from tests.conftest import RunningListener, dcmtk, dcmtk_env
 from tests.services.listener.dicomtools import dataset_bytes, storescu, storescu_config
 from tests.shipped import shipped_files
@@ -143,7 +144,7 @@ def test_only_allowed_calling_ae_titles_associate(
     ct = write(make_ct(StudyIds.new(), 1, rows=32, columns=32), tmp_path / "ct.dcm")
     refused = Sender("127.0.0.1", listener.port, "MEDHASH", calling_ae="INTRUDER").send([ct])
     assert not refused[0].stored and "rejected" in refused[0].reason
-    assert listener.runtime.catalog.all_instances() == []
+    assert all_instances(listener.runtime.catalog) == []
 
 
 def test_several_senders_at_once(

@@ -10,9 +10,10 @@ import pytest
 
 from shared.config import Settings
 from shared.dicom.synthetic import write_ct_series
+from testbed.catalog_audit import all_instances
+from testbed.servers import OrthancServer
 from tests.conftest import RunningListener
 from tests.services.listener.test_listener import assert_stored_identically
-from testbed.servers import OrthancServer
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +30,10 @@ end
 def wait_for_rows(listener: RunningListener, count: int, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if len(listener.runtime.catalog.all_instances()) >= count:
+        if len(all_instances(listener.runtime.catalog)) >= count:
             return
         time.sleep(0.2)
-    raise AssertionError(f"only {len(listener.runtime.catalog.all_instances())} of {count} arrived")
+    raise AssertionError(f"only {len(all_instances(listener.runtime.catalog))} of {count} arrived")
 
 
 def test_orthanc_rest_store_to_modality(
@@ -49,7 +50,7 @@ def test_orthanc_rest_store_to_modality(
     assert answer["FailedInstancesCount"] == 0, answer
     assert answer["InstancesCount"] == len(files)
     assert_stored_identically(listener, files)
-    rows = listener.runtime.catalog.all_instances()
+    rows = all_instances(listener.runtime.catalog)
     assert {row.calling_ae for row in rows} == {"ORTHANC"}
 
 
@@ -72,4 +73,4 @@ def test_orthanc_lua_autorouting(
         orthanc.upload(path.read_bytes())
     wait_for_rows(listener, len(files))
     assert_stored_identically(listener, files)
-    assert {row.calling_ae for row in listener.runtime.catalog.all_instances()} == {"ROUTER"}
+    assert {row.calling_ae for row in all_instances(listener.runtime.catalog)} == {"ROUTER"}

@@ -11,8 +11,9 @@ from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import write_ct_series
 from shared.pipeline.ingest import StoreStatus
-from tests.conftest import RunningListener
+from testbed.catalog_audit import all_instances
 from testbed.servers import PostgresServer, S3Server
+from tests.conftest import RunningListener
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def test_object_store_down(
     files = write_ct_series(tmp_path / "series", 3, rows=64, columns=64)
     with s3_server.stopped():
         assert send(listener, files) == [StoreStatus.OUT_OF_RESOURCES] * 3
-        assert listener.runtime.catalog.all_instances() == []
+        assert all_instances(listener.runtime.catalog) == []
     assert list(listener.runtime.store.list()) == []
     assert send(listener, files) == [StoreStatus.SUCCESS] * 3
     assert listener.runtime.catalog.counts_by_state()["received"] == 3
@@ -52,5 +53,5 @@ def test_catalog_down(
         assert len(list(listener.runtime.store.list("raw/"))) == 1
     assert send(listener, others) == [StoreStatus.SUCCESS] * 2
     assert listener.runtime.catalog.counts_by_state()["received"] == 3
-    keys = {row.object_key for row in listener.runtime.catalog.all_instances()}
+    keys = {row.object_key for row in all_instances(listener.runtime.catalog)}
     assert keys == set(listener.runtime.store.list("raw/"))

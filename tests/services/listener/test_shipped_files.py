@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 
 from shared.config import Settings
+from testbed.catalog_audit import all_instances
 from tests.conftest import RunningListener, dcmtk, dcmtk_env
 from tests.services.listener.dicomtools import dataset_bytes, storescu, storescu_config
 from tests.shipped import shipped_files
@@ -82,7 +83,7 @@ def test_all_shipped_files_end_in_a_definite_state(
     # promise for senders that stream a file unchanged is in test_listener/test_orthanc)
     print(f"{identical} of {len(stored)} stored byte-identical to the file")
     assert outcomes["stored"] >= 100  # pydicom + pydicom-data hold well over 100 sendable files
-    assert len(catalog.all_instances()) == len({row.object_key for row in catalog.all_instances()})
+    assert len(all_instances(catalog)) == len({row.object_key for row in all_instances(catalog)})
     echo = subprocess.run(
         [dcmtk("echoscu"), "-aec", "MEDHASH", "127.0.0.1", str(listener.port)],
         env=dcmtk_env(), capture_output=True, timeout=30,

@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 from shared.config import Settings
 from shared.dicom.sender import Sender
 from shared.dicom.synthetic import write_ct_series
+from testbed.catalog_audit import all_instances
 from tests.conftest import RunningListener
 
 pytestmark = pytest.mark.integration
@@ -72,4 +73,4 @@ def test_tls_with_client_certificate(
     assert not without[0].stored
     plain = Sender("127.0.0.1", listener.port, "MEDHASH").send(files[:1])
     assert not plain[0].stored
-    assert len(listener.runtime.catalog.all_instances()) == 2
+    assert len(all_instances(listener.runtime.catalog)) == 2

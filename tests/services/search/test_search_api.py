@@ -25,6 +25,7 @@ from pydicom.uid import BasicTextSRStorage
 from services.search import create_app
 from shared.dicom.synthetic import StudyIds, make_secondary_capture
 from shared.hashing.inference import BatchEncoder
+from testbed.catalog_audit import all_codes
 from tests.services.search.conftest import World, part10, picture, png_bytes
 
 pytestmark = pytest.mark.unit
@@ -43,7 +44,7 @@ def brute_force(world: World, encoder: BatchEncoder, query: np.ndarray, k: int,
                 include_excluded: bool = False) -> list[tuple[str, int, int]]:
     """(SOP UID, frame, distance) of the k nearest eligible slices, by (distance, slice id)."""
     catalog = world.pipeline.runtime.catalog
-    rows = catalog.all_codes(encoder.model_version)
+    rows = all_codes(catalog, encoder.model_version)
     ids = np.array([slice_id for slice_id, _ in rows])
     codes = np.stack([np.frombuffer(code, np.uint8) for _, code in rows])
     distances = POPCOUNT[np.bitwise_xor(codes, query)].sum(axis=1)

@@ -16,8 +16,8 @@ from playwright.sync_api import Browser, expect, sync_playwright
 
 from services.search import create_app
 from shared.hashing.inference import BatchEncoder
-from tests.services.search.conftest import World, png_bytes, served
 from testbed.servers import require_binary
+from tests.services.search.conftest import World, png_bytes, served
 
 pytestmark = pytest.mark.integration
 
