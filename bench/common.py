@@ -21,10 +21,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,6 +109,20 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     header = "| " + " | ".join(name.rstrip(":") for name in columns) + " |"
     rule = "| " + " | ".join("---:" if name.endswith(":") else "---" for name in columns) + " |"
     return "\n".join([header, rule, *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)])
+
+
+R = TypeVar("R")
+
+
+def ratios_to_reference(results: Sequence[R], *, group: Callable[[R], Hashable],
+                        is_reference: Callable[[R], bool], ok: Callable[[R], bool],
+                        rate: Callable[[R], float]) -> list[float | None]:
+    """Each result's rate over the rate of its group's reference run (None: failed, or no
+    successful reference). Benchmarks run the reference right before the runs of its group
+    (same repeat), so a burst of load from elsewhere hits both alike."""
+    reference = {group(r): rate(r) for r in results if is_reference(r) and ok(r)}
+    return [rate(r) / reference[group(r)] if ok(r) and group(r) in reference else None
+            for r in results]
 
 
 def ratio_text(value: float | None) -> str:

@@ -53,7 +53,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/ingest.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import Run, StandIns, load, load_change, markdown_table, number, ratio_text, stop_process  # noqa: E402
+from bench.common import Run, StandIns, load, load_change, markdown_table, number, ratio_text, ratios_to_reference, stop_process  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
 from bench.common import parser as common_parser  # noqa: E402
 from testbed.servers import free_port  # noqa: E402
@@ -376,11 +376,11 @@ def attach_ratios(results: list[RunResult]) -> None:
     With ``--repeat`` > 1 each run is compared with the storescp run of the same repeat,
     which ran right before it, so a burst of load from elsewhere hits both alike.
     """
-    reference = {(r.associations, r.repeat): r for r in results if r.target == StorescpTarget.name and r.ok}
-    for r in results:
-        ref = reference.get((r.associations, r.repeat))
-        if ref is not None and r.ok:
-            r.ratio_vs_storescp = r.instances_per_s / ref.instances_per_s
+    values = ratios_to_reference(results, group=lambda r: (r.associations, r.repeat),
+                                 is_reference=lambda r: r.target == StorescpTarget.name,
+                                 ok=lambda r: r.ok, rate=lambda r: r.instances_per_s)
+    for r, value in zip(results, values, strict=True):
+        r.ratio_vs_storescp = value
 
 
 def table(results: list[RunResult]) -> str:

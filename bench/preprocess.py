@@ -80,7 +80,7 @@ import numpy as np  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
 
-from bench.common import Run, StandIns, load, load_change, markdown_table, number, ratio_text, stop_process, wait_until  # noqa: E402
+from bench.common import Run, StandIns, load, load_change, markdown_table, number, ratio_text, ratios_to_reference, stop_process, wait_until  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
 from bench.common import parser as common_parser  # noqa: E402
 
@@ -374,11 +374,11 @@ def run_celery(syntax: str, instances: Sequence[Instance], warmup: Instance, ima
 
 def attach_ratios(results: list[RunResult]) -> None:
     """Each run's slices/s over the limit's for the same syntax and repeat (run just before)."""
-    limits = {(r.syntax, r.repeat): r for r in results if r.path == LIMIT and r.ok}
-    for r in results:
-        ref = limits.get((r.syntax, r.repeat))
-        if ref is not None and r.ok:
-            r.ratio_vs_limit = r.slices_per_s / ref.slices_per_s
+    values = ratios_to_reference(results, group=lambda r: (r.syntax, r.repeat),
+                                 is_reference=lambda r: r.path == LIMIT, ok=lambda r: r.ok,
+                                 rate=lambda r: r.slices_per_s)
+    for r, value in zip(results, values, strict=True):
+        r.ratio_vs_limit = value
 
 
 def table(results: Sequence[RunResult]) -> str:
