@@ -20,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +100,33 @@ def parser(description: str) -> argparse.ArgumentParser:
                         "removed afterwards); put it on the disk you want measured")
     parser.add_argument("--json", type=Path, default=None, help="write results and context here")
     return parser
+
+
+def add_ct_options(parser: argparse.ArgumentParser, count: int, what: str) -> None:
+    """``--count``, ``--rows``, ``--columns`` and ``--files`` of a benchmark over synthetic CT."""
+    parser.add_argument("--count", type=int, default=count, help=f"{what} (default {count})")
+    parser.add_argument("--rows", type=int, default=512, help="image rows (default 512)")
+    parser.add_argument("--columns", type=int, default=512, help="image columns (default 512)")
+    parser.add_argument("--files", type=Path, default=None,
+                        help="keep the generated files here and reuse them next time "
+                        "(default: a temporary folder, removed afterwards)")
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where a run keeps its generated files, its servers' data and its logs."""
+
+    files: Path
+    work: Path
+    logs: Path
+
+
+def run_folders(stack: contextlib.ExitStack, args: argparse.Namespace, prefix: str) -> Folders:
+    """``--files`` and ``--workdir``, or folders in a temporary one that ``stack`` removes."""
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    work = args.workdir or tmp / "work"
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    return Folders(getattr(args, "files", None) or tmp / "files", work, work / "logs")
 
 
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

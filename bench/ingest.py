@@ -42,7 +42,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -53,7 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/ingest.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import Run, StandIns, load, load_change, markdown_table, number, ratio_text, ratios_to_reference, stop_process  # noqa: E402
+from bench.common import Run, add_ct_options, run_folders, StandIns, load, load_change, markdown_table, number, ratio_text, ratios_to_reference, stop_process  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
 from bench.common import parser as common_parser  # noqa: E402
 from testbed.servers import free_port  # noqa: E402
@@ -441,9 +440,7 @@ def machine() -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = common_parser("Ingest benchmark: medhash listener vs dcmtk storescp, fed by dcmtk "
                            "storescu over 1 and N parallel associations.")
-    parser.add_argument("--count", type=int, default=2000, help="synthetic CT instances (default 2000)")
-    parser.add_argument("--rows", type=int, default=512, help="image rows (default 512)")
-    parser.add_argument("--columns", type=int, default=512, help="image columns (default 512)")
+    add_ct_options(parser, 2000, "synthetic CT instances")
     parser.add_argument("--parallel", type=int, default=8,
                         help="parallel associations / series folders (default 8)")
     parser.add_argument("--associations", type=int, nargs="+", default=None,
@@ -453,9 +450,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         choices=["storescp", "medhash"], help="targets to run (default both)")
     parser.add_argument("--distributed", action="store_true",
                         help="also run medhash on PostgreSQL+Redis+moto S3 (test stand-ins)")
-    parser.add_argument("--files", type=Path, default=None,
-                        help="keep the generated files here and reuse them next time "
-                        "(default: a temporary folder, removed afterwards)")
     parser.add_argument("--medhash-src", type=Path, default=None,
                         help="run the medhash listener from this source tree (put first on "
                         "PYTHONPATH) instead of the installed one: to compare a branch or an "
@@ -477,12 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.print_start()
 
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medhash-bench-ingest-")))
-        files_dir = args.files or tmp / "files"
-        workdir = args.workdir or tmp / "work"
-        workdir.mkdir(parents=True, exist_ok=True)
-        logdir = workdir / "logs"
-        logdir.mkdir(exist_ok=True)
+        where = run_folders(stack, args, "medhash-bench-ingest-")
+        files_dir, workdir, logdir = where.files, where.work, where.logs
 
         paths = generate(files_dir, args.count, args.parallel, args.rows, args.columns)
         folders = sorted(p for p in files_dir.glob("series_*") if p.is_dir())

@@ -52,7 +52,6 @@ import pstats
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -80,7 +79,7 @@ import numpy as np  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless  # noqa: E402
 
-from bench.common import Run, StandIns, load, load_change, markdown_table, number, ratio_text, ratios_to_reference, stop_process, wait_until  # noqa: E402
+from bench.common import Run, add_ct_options, run_folders, StandIns, load, load_change, markdown_table, number, ratio_text, ratios_to_reference, stop_process, wait_until  # noqa: E402
 from bench.common import machine as common_machine  # noqa: E402
 from bench.common import parser as common_parser  # noqa: E402
 
@@ -411,9 +410,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "Preprocess benchmark: slices/s of one medhash preprocess worker process against bare "
         "pydicom decode + resize of the same files in one process (the limit), for uncompressed "
         "and JPEG 2000 lossless 512x512 CT.")
-    parser.add_argument("--count", type=int, default=300, help="CT instances per syntax (default 300)")
-    parser.add_argument("--rows", type=int, default=512, help="image rows (default 512)")
-    parser.add_argument("--columns", type=int, default=512, help="image columns (default 512)")
+    add_ct_options(parser, 300, "CT instances per syntax")
     parser.add_argument("--image-size", type=int, default=None,
                         help="slice size the resize produces (default: Settings' image_size, 224)")
     parser.add_argument("--syntaxes", nargs="+", default=list(SYNTAXES), choices=list(SYNTAXES),
@@ -428,9 +425,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None,
                         help="also profile the in-process worker path once per syntax with "
                         "cProfile (untimed); writes OUT.<syntax> and prints the top functions")
-    parser.add_argument("--files", type=Path, default=None,
-                        help="keep the generated files here and reuse them next time "
-                        "(default: a temporary folder, removed afterwards)")
     parser.add_argument("--medhash-src", type=Path, default=None,
                         help="import medhash (shared/, workers/) from this source tree instead "
                         "of the repository: to compare a branch or an experiment copy against "
@@ -451,12 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: list[RunResult] = []
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="medhash-bench-pre-")))
-        files_dir = args.files or tmp / "files"
-        workdir = args.workdir or tmp / "work"
-        workdir.mkdir(parents=True, exist_ok=True)
-        logdir = workdir / "logs"
-        logdir.mkdir(exist_ok=True)
+        where = run_folders(stack, args, "medhash-bench-pre-")
+        files_dir, workdir, logdir = where.files, where.work, where.logs
         paths = generate(files_dir, args.count, args.rows, args.columns)
         data = {name: read_instances(paths[name]) for name in args.syntaxes}
         for name, instances in data.items():
