@@ -1,53 +1,39 @@
-"""The DICOM listener: a C-ECHO / C-STORE SCP that PACS and modalities forward studies to.
+"""The listener's application entity: pynetdicom's AE with medhash's services plugged in.
 
-Thin glue between pynetdicom and :class:`shared.pipeline.ingest.Ingestor`. It accepts every storage
-SOP class of the standard with every transfer syntax that can be stored as received, and
-stores the encoded dataset exactly as it arrived (no decoding, no re-encoding) behind a
-file meta derived from the request and the presentation context.
+One module per DIMSE service (``verification``, ``storage``, ``commitment``), negotiation
+(slots, SOP classes, transfer syntaxes) in ``negotiation`` and the TCP guards in ``server``;
+this module only assembles them. What the listener accepts and answers, for a hospital's
+integration team, is ``docs/conformance.md``.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 from dataclasses import dataclass
 
-from pynetdicom import (
-    AE,
-    ALL_TRANSFER_SYNTAXES,
-    AllStoragePresentationContexts,
-    evt,
-)
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
 
+from services.listener.commitment import CommitmentSCP
+from services.listener.negotiation import (
+    Negotiator,
+    StorageClasses,
+    preferred_transfer_syntaxes,
+    standard_storage_classes,
+)
+from services.listener.server import PENDING_CONNECTIONS, AssociationServer
+from services.listener.storage import StorageSCP
+from services.listener.verification import on_echo
 from shared.config import Settings
-from shared.dicom.part10 import file_meta
 from shared.metrics import ASSOCIATIONS, ASSOCIATIONS_REJECTED
 from shared.pipeline.ingest import Ingestor
 
 log = logging.getLogger("medhash.listener")
 
-# Everything pynetdicom can carry: the uncompressed syntaxes, deflate, big endian and every
-# encapsulated one (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE, MPEG,
-# HEVC, ...). Encapsulated data is stored as received, so no codec is needed here.
-STORABLE_TRANSFER_SYNTAXES: list[str] = list(ALL_TRANSFER_SYNTAXES)
-
-
-class _SharedPortServer(ThreadedAssociationServer):
-    """An association server whose port several listener processes can bind (SO_REUSEPORT).
-
-    The kernel spreads incoming associations over the processes, which is how the listener
-    scales past the one core a Python process gets (``MEDHASH_LISTENER_PROCESSES``).
-    """
-
-    request_queue_size = 128  # socketserver's default backlog of 5 drops bursts of senders
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+# Storage Commitment datasets are small and pynetdicom encodes them itself
+COMMITMENT_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 
 
 @dataclass(frozen=True)
@@ -72,49 +58,37 @@ def build_tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 class Listener:
-    """A running C-STORE SCP; :meth:`start` returns at once, :meth:`stop` shuts it down."""
+    """A running Verification, Storage and Storage Commitment SCP; :meth:`start` returns at once."""
 
     def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
         self.settings = settings
         self.ingestor = ingestor
+        self.transfer_syntaxes = preferred_transfer_syntaxes(settings)
         self.ae = self._build_ae()
-        self._server: ThreadedAssociationServer | None = None
+        self.storage = StorageSCP(ingestor)
+        self.commitment = CommitmentSCP(settings, ingestor)
+        self.negotiator = Negotiator(
+            settings, StorageClasses(settings.accept_unknown_sop_classes), self.ae.supported_contexts
+        )
+        self._server: AssociationServer | None = None
 
     def _build_ae(self) -> AE:
         settings = self.settings
         ae = AE(ae_title=settings.ae_title)
-        ae.maximum_associations = settings.max_associations
+        # the association limit is MEDHASH_MAX_ASSOCIATIONS, checked on A-ASSOCIATE-RQ by the
+        # Negotiator; pynetdicom's own count includes connections that never associate
+        ae.maximum_associations = settings.max_associations + PENDING_CONNECTIONS
         ae.maximum_pdu_size = settings.max_pdu_size
         ae.dimse_timeout = settings.dimse_timeout
         ae.network_timeout = settings.network_timeout
-        ae.acse_timeout = 30
+        ae.acse_timeout = settings.association_request_timeout
         if settings.allowed_calling_aes:
             ae.require_calling_aet = list(settings.allowed_calling_aes)
-        ae.add_supported_context(Verification)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, STORABLE_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, COMMITMENT_TRANSFER_SYNTAXES)
+        ae.add_supported_context(StorageCommitmentPushModel, COMMITMENT_TRANSFER_SYNTAXES)
+        for sop_class in standard_storage_classes():
+            ae.add_supported_context(sop_class, self.transfer_syntaxes)
         return ae
-
-    def _on_store(self, event: evt.Event) -> int:
-        request = event.request
-        requestor = event.assoc.requestor
-        calling_ae = requestor.ae_title.strip() if requestor.ae_title else None
-        sop_class_uid = str(request.AffectedSOPClassUID or "")
-        sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
-        transfer_syntax_uid = str(event.context.transfer_syntax)
-        # the dataset exactly as it arrived, behind a file meta derived from the request
-        part10 = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
-        outcome = self.ingestor.store_instance(
-            part10 + event.request.DataSet.getvalue(),
-            sop_instance_uid=sop_instance_uid,
-            sop_class_uid=sop_class_uid,
-            transfer_syntax_uid=transfer_syntax_uid,
-            calling_ae=calling_ae,
-        )
-        return int(outcome.status)
-
-    def _on_echo(self, event: evt.Event) -> int:
-        return 0x0000
 
     def _on_open(self, event: evt.Event) -> None:
         ASSOCIATIONS.inc()
@@ -125,14 +99,18 @@ class Listener:
     def _on_rejected(self, event: evt.Event) -> None:
         ASSOCIATIONS_REJECTED.labels(reason="rejected").inc()
         log.warning(
-            "association rejected",
+            "association rejected (calling AE title not in MEDHASH_ALLOWED_CALLING_AES, or "
+            "called AE title wrong)",
             extra={"stage": "listener", "calling_ae": event.assoc.requestor.ae_title},
         )
 
     def start(self) -> ListenerAddress:
         handlers = [
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_REQUESTED, self.negotiator.on_requested),
+            (evt.EVT_DIMSE_RECV, self.negotiator.on_dimse_received),
+            (evt.EVT_C_STORE, self.storage.on_store),
+            (evt.EVT_C_ECHO, on_echo),
+            (evt.EVT_N_ACTION, self.commitment.on_action),
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -141,22 +119,27 @@ class Listener:
             (self.settings.dicom_host, self.settings.dicom_port),
             evt_handlers=handlers,
             ssl_context=build_tls_context(self.settings),
-            server_class=_SharedPortServer,
+            server_class=AssociationServer,
+            request_timeout=self.settings.association_request_timeout,
+            network_timeout=self.settings.network_timeout,
+            connection_limit=self.settings.max_associations + PENDING_CONNECTIONS,
         )
         # what AE.start_server does, with our server class: the AE tracks its servers and
         # the server's shutdown() removes itself from that list
-        self.ae._servers.append(self._server)  # noqa: SLF001
+        self.ae._servers.append(self._server)
+        self.commitment.start()
         threading.Thread(
             target=self._server.serve_forever, name="medhash-listener", daemon=True
         ).start()
         host, port = self._server.server_address[:2]
         log.info(
-            "listening as %s on %s:%d (%d storage SOP classes, %d transfer syntaxes%s)",
+            "listening as %s on %s:%d (%d standard storage SOP classes%s, %d transfer syntaxes%s)",
             self.settings.ae_title,
             host,
             port,
-            len(AllStoragePresentationContexts),
-            len(STORABLE_TRANSFER_SYNTAXES),
+            len(standard_storage_classes()),
+            " + retired/private/unknown" if self.settings.accept_unknown_sop_classes else "",
+            len(self.transfer_syntaxes),
             ", TLS" if self.settings.tls_cert else "",
         )
         return ListenerAddress(str(host), int(port))
@@ -165,3 +148,4 @@ class Listener:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self.commitment.stop()
