@@ -107,16 +107,20 @@ class Listener:
     def start(self) -> ListenerAddress:
         handlers = [
             (evt.EVT_REQUESTED, self.negotiator.on_requested),
+            (evt.EVT_ACCEPTED, self.negotiator.on_accepted),
             (evt.EVT_DIMSE_RECV, self.negotiator.on_dimse_received),
             (evt.EVT_C_STORE, self.storage.on_store),
             (evt.EVT_C_ECHO, on_echo),
             (evt.EVT_N_ACTION, self.commitment.on_action),
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_CONN_CLOSE, self._on_close),
+            (evt.EVT_CONN_CLOSE, self.negotiator.on_connection_closed),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
         self._server = self.ae.make_server(
             (self.settings.dicom_host, self.settings.dicom_port),
+            # every association gets the full list from the Negotiator (see there why)
+            contexts=[cx for cx in self.ae.supported_contexts if cx.abstract_syntax == Verification],
             evt_handlers=handlers,
             ssl_context=build_tls_context(self.settings),
             server_class=AssociationServer,
