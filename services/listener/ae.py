@@ -112,6 +112,7 @@ class Listener:
             (evt.EVT_C_STORE, self.storage.on_store),
             (evt.EVT_C_ECHO, on_echo),
             (evt.EVT_N_ACTION, self.commitment.on_action),
+            (evt.EVT_DIMSE_SENT, self.commitment.on_dimse_sent),
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_CONN_CLOSE, self.negotiator.on_connection_closed),

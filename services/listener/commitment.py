@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import N_ACTION_RSP
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModel,
     StorageCommitmentPushModelInstance,
@@ -60,6 +62,10 @@ INVALID_OBJECT_INSTANCE = 0x0117
 MISSING_ATTRIBUTE = 0x0120
 PROCESSING_FAILURE = 0x0110
 
+ANSWER_SETTLE_S = 0.05
+"""After pynetdicom says it sends the N-ACTION-RSP (EVT_DIMSE_SENT fires just before the PDU
+is queued), how long to wait before a report may follow on the same association: the
+report must never overtake the response to the request it answers."""
 DELIVERY_RETRY_DELAYS_S = (2.0, 10.0, 30.0)
 """Waits between attempts to open the report's association to a peer that did not answer."""
 WORKERS = 4
@@ -74,6 +80,8 @@ class Transaction:
     """(SOP Class UID, SOP Instance UID) pairs, as requested."""
     calling_ae: str
     assoc: Association
+    answered: threading.Event = field(default_factory=threading.Event, compare=False)
+    """Set once the N-ACTION-RSP of this request is on its way."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,9 @@ class CommitmentSCP:
         self._peers = settings.commitment_addresses
         self._pool: ThreadPoolExecutor | None = None
         self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._unanswered: dict[tuple[int, int], Transaction] = {}
+        """Accepted requests whose N-ACTION-RSP is not sent yet, by (association, message ID)."""
 
     def start(self) -> None:
         self._stopping.clear()
@@ -124,12 +135,24 @@ class CommitmentSCP:
             return self._refuse(MISSING_ATTRIBUTE, f"unusable Action Information: {exc}", calling_ae)
         if self._pool is None:
             return self._refuse(PROCESSING_FAILURE, "the listener is shutting down", calling_ae)
+        with self._lock:
+            self._unanswered[(id(event.assoc), int(event.message_id))] = transaction
         self._pool.submit(self._complete, transaction)
         log.info(
             "commitment requested for %d instance(s), transaction %s", len(transaction.references),
             transaction.uid, extra={"stage": "commitment", "calling_ae": calling_ae},
         )
         return SUCCESS, None
+
+    def on_dimse_sent(self, event: evt.Event) -> None:
+        """Note that an accepted request's N-ACTION-RSP is being sent (its report may follow)."""
+        if not isinstance(event.message, N_ACTION_RSP):
+            return
+        key = (id(event.assoc), int(event.message.command_set.MessageIDBeingRespondedTo))
+        with self._lock:
+            transaction = self._unanswered.pop(key, None)
+        if transaction is not None:
+            transaction.answered.set()
 
     def _refuse(self, status: int, reason: str, calling_ae: str) -> tuple[int, None]:
         log.warning("commitment request refused (0x%04X): %s", status, reason,
@@ -168,6 +191,8 @@ class CommitmentSCP:
     def _complete(self, transaction: Transaction) -> None:
         try:
             report = self.report(transaction)
+            if transaction.answered.wait(self.settings.dimse_timeout):
+                time.sleep(ANSWER_SETTLE_S)
             where = self._deliver(transaction, report)
         except Exception:  # a worker must never die silently: the requester would wait forever
             log.exception("commitment transaction %s failed", transaction.uid,
