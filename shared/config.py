@@ -24,6 +24,9 @@ def _default_data_dir() -> Path:
 
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
+SECRET: dict[str, object] = {"secret": True}
+"""Field marker: ``medhash settings`` masks the value (a URL's password only, keeping the rest)."""
+
 
 def _parse_peer(peer: str) -> tuple[str, tuple[str, int]]:
     """``AE@host:port`` -> (AE, (host, port)); ValueError naming the expected form."""
@@ -47,11 +50,13 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         default=None,
+        json_schema_extra=SECRET,
         description="PostgreSQL URL of the catalog (`postgresql://user:pw@host:5432/medhash`). "
         "Unset: SQLite in the data dir.",
     )
     broker_url: str | None = Field(
         default=None,
+        json_schema_extra=SECRET,
         description="Redis URL of the Celery broker (`redis://host:6379/0`). "
         "Unset: queues served by worker threads inside `medhash serve`.",
     )
@@ -60,7 +65,7 @@ class Settings(BaseSettings):
         description="S3/MinIO endpoint as `host:port`. Unset: a folder in the data dir.",
     )
     s3_access_key: str = Field(default="", description="S3 access key.")
-    s3_secret_key: str = Field(default="", description="S3 secret key.")
+    s3_secret_key: str = Field(default="", json_schema_extra=SECRET, description="S3 secret key.")
     s3_bucket: str = Field(default="medhash", description="S3 bucket (created when missing).")
     s3_secure: bool = Field(default=False, description="Use HTTPS to reach the S3 endpoint.")
     s3_region: str = Field(default="us-east-1", description="S3 region name.")
@@ -134,6 +139,7 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, description="Port of the search service.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
+        json_schema_extra=SECRET,
         description="Comma-separated API keys; when set, every /v1 route of the search service "
         "requires one in the `X-API-Key` header.",
     )

@@ -80,3 +80,15 @@ def storescu(
         argv += ["-xf", str(config), "Default"]
     argv += ["127.0.0.1", str(port), *map(str, files)]
     return subprocess.run(argv, env=dcmtk_env(), capture_output=True, text=True, timeout=120)
+
+
+def png_of_zeros(side: int = 16) -> bytes:
+    """A small black PNG, for uploads whose content does not matter."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((side, side), np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
