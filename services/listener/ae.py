@@ -13,6 +13,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
 
@@ -27,13 +28,14 @@ from services.listener.server import PENDING_CONNECTIONS, AssociationServer
 from services.listener.storage import StorageSCP
 from services.listener.verification import on_echo
 from shared.config import Settings
+from shared.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from shared.metrics import ASSOCIATIONS, ASSOCIATIONS_REJECTED
 from shared.pipeline.ingest import Ingestor
 
 log = logging.getLogger("medhash.listener")
 
-# Storage Commitment datasets are small and pynetdicom encodes them itself
-COMMITMENT_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+# Verification and Storage Commitment carry small datasets that pynetdicom encodes itself
+COMMITMENT_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class Listener:
     def _build_ae(self) -> AE:
         settings = self.settings
         ae = AE(ae_title=settings.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         # the association limit is MEDHASH_MAX_ASSOCIATIONS, checked on A-ASSOCIATE-RQ by the
         # Negotiator; pynetdicom's own count includes connections that never associate
         ae.maximum_associations = settings.max_associations + PENDING_CONNECTIONS

@@ -38,6 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from shared.config import Settings
+from shared.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from shared.dicom.uids import InvalidUID, clean_uid
 from shared.pipeline.ingest import Ingestor, Problem
 
@@ -229,6 +230,8 @@ class CommitmentSCP:
 
     def _send_on_new_association(self, peer_ae: str, host: str, port: int, report: Report) -> bool:
         ae = AE(ae_title=self.settings.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.dimse_timeout
         ae.add_requested_context(
             StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
