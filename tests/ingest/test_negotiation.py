@@ -33,7 +33,9 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from services.listener.negotiation import (
     LOSSLESS_ENCAPSULATED,
@@ -71,6 +73,13 @@ def dcmsend(port: int, *files: Path) -> str:
         env=dcmtk_env(), capture_output=True, text=True, timeout=120,
     )
     return result.stdout + result.stderr
+
+
+def verification_association(port: int) -> Association:
+    """An association proposing only Verification, left open for the caller."""
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    return ae.associate("127.0.0.1", port, ae_title="MEDHASH")
 
 
 @contextmanager
@@ -282,12 +291,10 @@ def test_association_slots_are_counted_on_association_requests(
     embedded_settings: Settings, listener_factory: StartListener
 ) -> None:
     listener = listener_factory(embedded_settings.model_copy(update={"max_associations": 2}))
-    ae = AE(ae_title="HOLDER")
-    ae.add_requested_context("1.2.840.10008.1.1")
-    held = [ae.associate("127.0.0.1", listener.port, ae_title="MEDHASH") for _ in range(2)]
+    held = [verification_association(listener.port) for _ in range(2)]
     try:
         assert all(a.is_established for a in held)
-        third = ae.associate("127.0.0.1", listener.port, ae_title="MEDHASH")
+        third = verification_association(listener.port)
         assert third.is_rejected  # transient, local limit exceeded: the sender retries later
         assert not echo(listener.port)
     finally:
@@ -304,9 +311,7 @@ def test_idle_association_is_aborted_after_the_network_timeout(
     embedded_settings: Settings, listener_factory: StartListener
 ) -> None:
     listener = listener_factory(embedded_settings.model_copy(update={"network_timeout": 1.0}))
-    ae = AE(ae_title="IDLE")
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title="MEDHASH")
+    assoc = verification_association(listener.port)
     assert assoc.is_established
     deadline = time.monotonic() + 30
     while assoc.is_established and time.monotonic() < deadline:

@@ -37,14 +37,23 @@ def wait_for_rows(listener: RunningListener, count: int, timeout_s: float = 60.0
     raise AssertionError(f"only {len(listener.runtime.catalog.all_instances())} of {count} arrived")
 
 
+def forwarding(
+    settings: Settings,
+    listener_factory: Callable[[Settings], RunningListener],
+    orthanc_factory: Callable[..., OrthancServer],
+) -> tuple[RunningListener, OrthancServer]:
+    """A listener, and an Orthanc that has it as its modality ``medhash``."""
+    listener = listener_factory(settings)
+    return listener, orthanc_factory(modalities={"medhash": ["MEDHASH", "127.0.0.1", listener.port]})
+
+
 def test_orthanc_rest_store_to_modality(
     any_settings: Settings,
     listener_factory: Callable[[Settings], RunningListener],
     orthanc_factory: Callable[..., OrthancServer],
     tmp_path: Path,
 ) -> None:
-    listener = listener_factory(any_settings)
-    orthanc = orthanc_factory(modalities={"medhash": ["MEDHASH", "127.0.0.1", listener.port]})
+    listener, orthanc = forwarding(any_settings, listener_factory, orthanc_factory)
     files = write_ct_series(tmp_path / "study", 5, rows=128, columns=128)
     ids = [orthanc.upload(path.read_bytes()) for path in files]
     answer = orthanc.store_to_modality("medhash", ids)
@@ -102,8 +111,7 @@ def test_orthanc_default_forward_job_of_a_study_with_odd_instances_delivers_ever
     orthanc_factory: Callable[..., OrthancServer],
     tmp_path: Path,
 ) -> None:
-    listener = listener_factory(any_settings)
-    orthanc = orthanc_factory(modalities={"medhash": ["MEDHASH", "127.0.0.1", listener.port]})
+    listener, orthanc = forwarding(any_settings, listener_factory, orthanc_factory)
     files = odd_study(tmp_path / "study")
     study = {orthanc.get(f"/instances/{orthanc.upload(path.read_bytes())}/study")["ID"] for path in files}
     assert len(study) == 1
