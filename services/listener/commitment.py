@@ -136,9 +136,10 @@ class CommitmentSCP:
             return self._refuse(MISSING_ATTRIBUTE, f"unusable Action Information: {exc}", calling_ae)
         if self._pool is None:
             return self._refuse(PROCESSING_FAILURE, "the listener is shutting down", calling_ae)
+        key = (id(event.assoc), int(event.message_id))
         with self._lock:
-            self._unanswered[(id(event.assoc), int(event.message_id))] = transaction
-        self._pool.submit(self._complete, transaction)
+            self._unanswered[key] = transaction
+        self._pool.submit(self._complete, transaction, key)
         log.info(
             "commitment requested for %d instance(s), transaction %s", len(transaction.references),
             transaction.uid, extra={"stage": "commitment", "calling_ae": calling_ae},
@@ -189,11 +190,13 @@ class CommitmentSCP:
             dataset.FailedSOPSequence = failed
         return Report(SOME_FAILED if failed else ALL_COMMITTED, dataset, len(committed), len(failed))
 
-    def _complete(self, transaction: Transaction) -> None:
+    def _complete(self, transaction: Transaction, key: tuple[int, int]) -> None:
         try:
             report = self.report(transaction)
             if transaction.answered.wait(self.settings.dimse_timeout):
                 time.sleep(ANSWER_SETTLE_S)
+            with self._lock:  # never answered (the association broke first): forget it
+                self._unanswered.pop(key, None)
             where = self._deliver(transaction, report)
         except Exception:  # a worker must never die silently: the requester would wait forever
             log.exception("commitment transaction %s failed", transaction.uid,

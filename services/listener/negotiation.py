@@ -107,9 +107,6 @@ class StorageClasses:
         self.accept_unknown = accept_unknown
         self._standard = frozenset(standard_storage_classes())
 
-    def is_standard(self, sop_class_uid: str) -> bool:
-        return sop_class_uid in self._standard
-
     def admit(self, sop_class_uid: str) -> bool:
         """Whether a proposed abstract syntax is accepted as a storage SOP class.
 
