@@ -9,6 +9,7 @@ field descriptions here (``medhash settings --markdown``), so the two cannot dri
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,6 +20,21 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "medhash"
+
+
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+SECRET: dict[str, object] = {"secret": True}
+"""Field marker: ``medhash settings`` masks the value (a URL's password only, keeping the rest)."""
+
+
+def _parse_peer(peer: str) -> tuple[str, tuple[str, int]]:
+    """``AE@host:port`` -> (AE, (host, port)); ValueError naming the expected form."""
+    ae_title, at, address = peer.partition("@")
+    host, colon, port = address.rpartition(":")
+    if not (at and colon and ae_title and host and port.isdigit()) or len(ae_title) > 16:
+        raise ValueError(f"{peer!r} is not AE@host:port (e.g. ORTHANC@pacs.example.org:4242)")
+    return ae_title, (host.strip("[]"), int(port))
 
 
 class Settings(BaseSettings):
@@ -34,11 +50,13 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         default=None,
+        json_schema_extra=SECRET,
         description="PostgreSQL URL of the catalog (`postgresql://user:pw@host:5432/medhash`). "
         "Unset: SQLite in the data dir.",
     )
     broker_url: str | None = Field(
         default=None,
+        json_schema_extra=SECRET,
         description="Redis URL of the Celery broker (`redis://host:6379/0`). "
         "Unset: queues served by worker threads inside `medhash serve`.",
     )
@@ -47,7 +65,7 @@ class Settings(BaseSettings):
         description="S3/MinIO endpoint as `host:port`. Unset: a folder in the data dir.",
     )
     s3_access_key: str = Field(default="", description="S3 access key.")
-    s3_secret_key: str = Field(default="", description="S3 secret key.")
+    s3_secret_key: str = Field(default="", json_schema_extra=SECRET, description="S3 secret key.")
     s3_bucket: str = Field(default="medhash", description="S3 bucket (created when missing).")
     s3_secure: bool = Field(default=False, description="Use HTTPS to reach the S3 endpoint.")
     s3_region: str = Field(default="us-east-1", description="S3 region name.")
@@ -74,7 +92,38 @@ class Settings(BaseSettings):
         description="Maximum PDU size the listener receives (bytes; 0 = unlimited).",
     )
     dimse_timeout: float = Field(default=60.0, description="DIMSE message timeout (s).")
-    network_timeout: float = Field(default=60.0, description="Idle association timeout (s).")
+    network_timeout: float = Field(
+        default=60.0,
+        description="Idle association timeout (s): an association with no PDU for this long "
+        "is aborted.",
+    )
+    association_request_timeout: float = Field(
+        default=2.0,
+        description="Seconds a new connection has to finish its TLS handshake and send its "
+        "A-ASSOCIATE-RQ before it is closed (DICOM's ARTIM timer). Connections that never "
+        "associate (port scans, TCP probes) never hold one of the association slots.",
+    )
+    transfer_syntaxes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated transfer syntax UIDs the listener accepts, most preferred "
+        "first: for each proposed presentation context it accepts the first of these the "
+        "sender offers. Empty: every syntax it can store, lossless compressed first, then "
+        "lossy compressed, deflated, Explicit VR LE, Implicit VR LE, Explicit VR BE "
+        "(docs/conformance.md), so a sender's own encoding wins over its fallbacks.",
+    )
+    accept_unknown_sop_classes: bool = Field(
+        default=True,
+        description="Accept storage SOP classes beyond the current standard's list: retired "
+        "ones (e.g. US Image Storage 1.2.840.10008.5.1.4.1.1.6), private and newer ones, "
+        "stored as received (Orthanc's `UnknownSopClassAccepted`). Off: only the standard's "
+        "current storage SOP classes.",
+    )
+    commitment_peers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Storage commitment: comma-separated `AE@host:port` of requesters that want "
+        "their N-EVENT-REPORT on a new association (Orthanc and most PACS). A requester not "
+        "listed gets it on the association that asked, while that is still open.",
+    )
     tls_cert: Path | None = Field(
         default=None, description="PEM certificate: enables DICOM over TLS on the listener."
     )
@@ -90,6 +139,7 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, description="Port of the search service.")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
+        json_schema_extra=SECRET,
         description="Comma-separated API keys; when set, every /v1 route of the search service "
         "requires one in the `X-API-Key` header.",
     )
@@ -200,11 +250,28 @@ class Settings(BaseSettings):
         default=False, description="Log one JSON object per line instead of plain text."
     )
 
-    @field_validator("allowed_calling_aes", "api_keys", mode="before")
+    @field_validator(
+        "allowed_calling_aes", "api_keys", "transfer_syntaxes", "commitment_peers", mode="before"
+    )
     @classmethod
-    def _split_ae_titles(cls, value: object) -> object:
+    def _split_comma_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return [title.strip() for title in value.split(",") if title.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _check_transfer_syntaxes(cls, value: list[str]) -> list[str]:
+        for uid in value:
+            if not _UID.fullmatch(uid) or len(uid) > 64:
+                raise ValueError(f"{uid!r} is not a transfer syntax UID (digits and dots)")
+        return value
+
+    @field_validator("commitment_peers")
+    @classmethod
+    def _check_commitment_peers(cls, value: list[str]) -> list[str]:
+        for peer in value:
+            _parse_peer(peer)
         return value
 
     @field_validator("ae_title")
@@ -218,6 +285,11 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no external server is configured: everything runs in one process."""
         return self.database_url is None and self.broker_url is None and self.s3_endpoint is None
+
+    @property
+    def commitment_addresses(self) -> dict[str, tuple[str, int]]:
+        """``MEDHASH_COMMITMENT_PEERS`` as {AE title: (host, port)}."""
+        return dict(_parse_peer(peer) for peer in self.commitment_peers)
 
     @property
     def sqlite_path(self) -> Path:

@@ -632,6 +632,10 @@ class OrthancServer(_ServerProcess):
         """GET a REST resource (e.g. ``/system``, ``/modalities``) and return its JSON."""
         return self._request("GET", path)
 
+    def post(self, path: str, body: Any) -> Any:
+        """POST a JSON body to a REST resource (e.g. ``/modalities/x/storage-commitment``), return its JSON."""
+        return self._request("POST", path, json.dumps(body).encode(), "application/json")
+
     def upload(self, dicom: bytes) -> str:
         """Store one DICOM file in Orthanc (``POST /instances``) and return its Orthanc instance id."""
         answer = self._request("POST", "/instances", dicom, "application/dicom")

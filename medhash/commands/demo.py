@@ -12,13 +12,16 @@
 from __future__ import annotations
 
 import io
+import json
 import tempfile
 import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import numpy as np
 import typer
 from PIL import Image
@@ -154,19 +157,17 @@ def _query(url: str, labels: dict[str, str], queries: list[LabelledImage], k: in
     table = Table(title=f"4. {len(queries)} held-out images queried as PNG (top 5 shown for 6)")
     table.add_column("query class")
     table.add_column("top-5 classes (Hamming distance)")
-    with httpx.Client(base_url=url, timeout=60) as client:
-        for number, query in enumerate(queries):
-            response = client.post("/v1/search", files={"file": ("query.png", _png(query.pixels), "image/png")},
-                                   data={"k": str(k)})
-            if response.status_code != 200:
-                console.print(f"[red]query failed[/red]: {response.status_code} {response.text[:300]}")
-                return False
-            results = response.json()["results"]
-            row = [labels.get(r["sop_instance_uid"]) == query.label for r in results[:k]]
-            relevance.append(row + [False] * (k - len(row)))
-            if number % max(len(queries) // 6, 1) == 0 and table.row_count < 6:
-                table.add_row(query.label, ", ".join(
-                    f"{labels.get(r['sop_instance_uid'], '?')} ({r['distance']})" for r in results[:5]))
+    for number, query in enumerate(queries):
+        status, body = _post_search(url, _png(query.pixels), k)
+        if status != 200:
+            console.print(f"[red]query failed[/red]: {status} {body[:300].decode(errors='replace')}")
+            return False
+        results = json.loads(body)["results"]
+        row = [labels.get(r["sop_instance_uid"]) == query.label for r in results[:k]]
+        relevance.append(row + [False] * (k - len(row)))
+        if number % max(len(queries) // 6, 1) == 0 and table.row_count < 6:
+            table.add_row(query.label, ", ".join(
+                f"{labels.get(r['sop_instance_uid'], '?')} ({r['distance']})" for r in results[:5]))
     from shared.learning.evaluation import average_precision
 
     rel = np.array(relevance, dtype=bool)
@@ -174,6 +175,27 @@ def _query(url: str, labels: dict[str, str], queries: list[LabelledImage], k: in
     console.print(f"   mAP@1 = {average_precision(rel, 1).mean():.3f}   "
                   f"mAP@10 = {average_precision(rel, 10).mean():.3f}   over {len(queries)} queries")
     return True
+
+
+def _post_search(url: str, png: bytes, k: int) -> tuple[int, bytes]:
+    """POST /v1/search with a PNG as multipart ``file`` (the standard library only: the CLI
+    must run without the test extras, where httpx lives)."""
+    boundary = uuid.uuid4().hex
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="query.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + png + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{url}/v1/search", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with _HTTP.open(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the local service, never a proxy
 
 
 def _png(pixels: np.ndarray) -> bytes:

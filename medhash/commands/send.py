@@ -35,9 +35,14 @@ def send(
 ) -> None:
     """C-STORE a file or folder, each file in its own transfer syntax, like storescu.
 
-    Exits 0 when every file was stored (Success or a warning status), 1 otherwise.
+    Exits 0 when every file was stored (Success or a warning status), 1 otherwise, 2 when
+    PATH is neither a file nor a folder.
     """
-    files = collect_files(path)
+    try:
+        files = collect_files(path)
+    except OSError as exc:  # missing, unreadable: one line, no traceback
+        typer.echo(f"medhash send: {exc}", err=True)
+        raise typer.Exit(2) from None
     sender = Sender(host, port, called_ae, calling_ae)
     results: list[SendResult] = []
     with Progress(

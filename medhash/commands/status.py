@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.config import get_settings, settings_markdown_table
+from shared.config import Settings, get_settings, settings_markdown_table
 
 
 def status(
@@ -43,8 +44,34 @@ def settings(
     if markdown:
         typer.echo(settings_markdown_table())
         return
-    values = get_settings().model_dump(mode="json")
-    for name in ("s3_secret_key", "database_url"):
-        if values.get(name):
+    typer.echo(json.dumps(masked_settings(get_settings()), indent=2))
+
+
+def masked_settings(current: Settings) -> dict[str, object]:
+    """The settings as JSON values, every field marked secret in ``shared.config`` masked.
+
+    A URL keeps everything but its password (``redis://:***@redis:6379/0``), so an operator
+    still sees which server is configured; other secrets become ``***`` (each item of a list).
+    """
+    values = current.model_dump(mode="json")
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra
+        if not (isinstance(extra, dict) and extra.get("secret")) or not values.get(name):
+            continue
+        value = values[name]
+        if isinstance(value, list):
+            values[name] = ["***" for _ in value]
+        elif "://" in str(value):
+            values[name] = _mask_url_password(str(value))
+        else:
             values[name] = "***"
-    typer.echo(json.dumps(values, indent=2))
+    return values
+
+
+def _mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))

@@ -44,6 +44,10 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from shared.dicom import codecs
+
+codecs.register()  # 12-bit JPEG Extended, which pydicom's own plugins leave undecoded
+
 __all__ = [
     "BT601_LUMA",
     "CT_BRAIN",
@@ -295,19 +299,22 @@ def _sop_class(ds: Dataset) -> UID | None:
 
 
 def _frames(ds: Dataset, tsyntax: UID | None, policy: WindowPolicy) -> Iterator[Frame]:
-    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+    present = [keyword for keyword in _PIXEL_KEYWORDS if keyword in ds]
+    # an element with no value (length 0) holds no pixels either, whatever its tag says
+    if not any(ds[keyword].value for keyword in present):
         sop_class = _sop_class(ds)
         if sop_class is None:
             raise UndecodablePixelData(
                 "not a DICOM instance: neither pixel data nor a SOP Class UID", tsyntax
             )
+        what = f"an empty {present[0]} element" if present else "no pixel data"
         if "Image Storage" in sop_class.name:
             raise UndecodablePixelData(
-                f"no pixel data in an image instance: {sop_class.name} ({sop_class}); "
-                "truncated or stripped file, or pixels by reference",
+                f"{what} in an image instance: {sop_class.name} ({sop_class}); "
+                "the sender stored no pixels (truncated or stripped file, or pixels by reference)",
                 tsyntax,
             )
-        raise NoPixelData(f"no pixel data: {sop_class.name} ({sop_class})", str(sop_class))
+        raise NoPixelData(f"{what}: {sop_class.name} ({sop_class})", str(sop_class))
     if tsyntax is None:
         raise UndecodablePixelData("pixel data present but the transfer syntax is unknown", None)
     stored_pi = str(ds.get("PhotometricInterpretation", ""))
@@ -358,9 +365,11 @@ def _decoded(ds: Dataset, tsyntax: UID) -> Iterator[tuple[np.ndarray, str]]:
     plugins = ", ".join(decoder.available_plugins) or "pydicom native"
     # Explicit indices: pydicom 3.0's all-frames path sign-corrects JPEG 2000 frames in a
     # read-only buffer and fails (J2K_pixelrep_mismatch.dcm); the indexed path copies first.
+    plugin = codecs.preferred_plugin(tsyntax, int(ds.get("BitsStored") or 8))
+    options = {"decoding_plugin": plugin} if plugin else {}
     try:
         frame_count = int(ds.get("NumberOfFrames") or 1)
-        for values, properties in decoder.iter_array(ds, indices=range(frame_count)):
+        for values, properties in decoder.iter_array(ds, indices=range(frame_count), **options):
             yield values, str(properties["photometric_interpretation"])
     except Exception as exc:
         raise UndecodablePixelData(

@@ -59,7 +59,7 @@ def collect_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is neither a file nor a folder")
+        raise FileNotFoundError(f"{path} is neither a file nor a folder: nothing to send")
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 

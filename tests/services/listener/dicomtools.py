@@ -1,4 +1,4 @@
-"""Test helpers: the dataset part of a Part 10 stream, and dcmtk's storescu per file."""
+"""Test helpers: the dataset part of a Part 10 stream, dcmtk's own encoding of a file, storescu."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from pydicom.filereader import (
     _read_file_meta_info,  # noqa: PLC2701 - offset of the dataset
     read_preamble,
 )
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from tests.conftest import dcmtk, dcmtk_env
 
@@ -27,6 +32,25 @@ def dataset_bytes(part10: bytes) -> tuple[str, bytes]:
     if syntax == DeflatedExplicitVRLittleEndian:
         body = zlib.decompress(body, -zlib.MAX_WBITS)
     return syntax, body
+
+
+DCMCONV_SYNTAX = {
+    ExplicitVRLittleEndian: "+te", ImplicitVRLittleEndian: "+ti", ExplicitVRBigEndian: "+tb",
+    DeflatedExplicitVRLittleEndian: "+td",
+}
+
+
+def dcmtk_rewrite(path: Path, syntax: str, scratch: Path) -> tuple[str, bytes] | None:
+    """What dcmtk makes of ``path`` when it writes it in ``syntax`` (None if it cannot).
+
+    dcmtk's senders decode a file and encode it again for the wire (dropping trailing
+    padding, recalculating group lengths, repairing bad VRs); ``dcmconv -p`` is that same
+    encoding, so a stored dataset equal to it is exactly what the sender sent.
+    """
+    out = scratch / "dcmconv.dcm"
+    result = subprocess.run([dcmtk("dcmconv"), "-p", DCMCONV_SYNTAX.get(syntax, "+t="), str(path), str(out)],
+                            capture_output=True, timeout=60)
+    return dataset_bytes(out.read_bytes()) if result.returncode == 0 else None
 
 
 def storescu_config(path: Path, sop_class: str, transfer_syntax: str) -> Path:
@@ -56,3 +80,15 @@ def storescu(
         argv += ["-xf", str(config), "Default"]
     argv += ["127.0.0.1", str(port), *map(str, files)]
     return subprocess.run(argv, env=dcmtk_env(), capture_output=True, text=True, timeout=120)
+
+
+def png_of_zeros(side: int = 16) -> bytes:
+    """A small black PNG, for uploads whose content does not matter."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((side, side), np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

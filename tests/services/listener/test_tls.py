@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -74,3 +75,20 @@ def test_tls_with_client_certificate(
     plain = Sender("127.0.0.1", listener.port, "MEDHASH").send(files[:1])
     assert not plain[0].stored
     assert len(all_instances(listener.runtime.catalog)) == 2
+
+
+def test_a_silent_connection_does_not_stall_a_tls_listener(
+    embedded_settings: Settings, listener_factory: Callable[[Settings], RunningListener], tmp_path: Path
+) -> None:
+    """A client that opens TCP to the TLS port and never starts its handshake (a probe, a stuck
+    peer) must not hold up the next sender; it is closed after the association request timeout."""
+    ca_path, _, ca_cert, ca_key = issue("medhash-test-ca", tmp_path)
+    server_cert, server_key, _, _ = issue("server", tmp_path, (ca_cert, ca_key))
+    listener = listener_factory(embedded_settings.model_copy(update={"tls_cert": server_cert, "tls_key": server_key}))
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_path)
+    client.check_hostname = False
+    files = write_ct_series(tmp_path / "study", 1, rows=32, columns=32)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=30) as silent:
+        # a listener stalled by the silent handshake would never answer: the sender gives up
+        assert Sender("localhost", listener.port, "MEDHASH", tls=client, timeout_s=20).send(files)[0].stored
+        assert silent.recv(16) == b""  # closed by the listener, not by us

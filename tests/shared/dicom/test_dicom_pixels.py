@@ -27,6 +27,7 @@ from pydicom.uid import (
     EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     MRImageStorage,
     RTStructureSetStorage,
@@ -403,6 +404,20 @@ def test_image_instance_without_pixels_is_undecodable_not_skipped() -> None:
     ds = make_dataset(None, sop_class=CTImageStorage, modality="CT")
     with pytest.raises(UndecodablePixelData, match="CT Image Storage"):
         frames_from_bytes(to_bytes(ds))
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_an_empty_pixel_data_element_is_named_not_a_type_error(transfer_syntax: str) -> None:
+    ds = make_dataset(np.zeros((4, 4), np.uint16), sop_class=CTImageStorage, modality="CT",
+                      transfer_syntax=transfer_syntax)
+    ds.PixelData = b""
+    with pytest.raises(UndecodablePixelData) as caught:
+        frames_from_bytes(to_bytes(ds))
+    assert caught.value.reason.startswith("an empty PixelData element in an image instance: CT Image Storage")
+    sr = make_dataset(np.zeros((4, 4), np.uint16), sop_class=BasicTextSRStorage, modality="SR")
+    sr.PixelData = b""
+    with pytest.raises(NoPixelData, match="an empty PixelData element: Basic Text SR Storage"):
+        frames_from_bytes(to_bytes(sr))
 
 
 def test_unknown_transfer_syntax_is_named() -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,11 +13,13 @@ import pytest
 from shared.config import Settings
 from shared.storage.objectstore import (
     InvalidKey,
+    LocalObjectStore,
     ObjectNotFound,
     ObjectStore,
     ObjectStoreUnavailable,
     open_object_store,
 )
+from shared.storage.objectstore.local import STALE_TEMPORARY_S
 from shared.storage.objectstore.s3 import S3ObjectStore
 from testbed.servers import S3Server
 
@@ -74,3 +80,41 @@ def test_s3_down_is_unavailable_then_recovers(s3_server: S3Server) -> None:
     assert store.get("a/b") == b"kept"
     store.put("a/c", b"now")
     assert store.get("a/c") == b"now"
+
+
+KILLED_WRITER = """
+import sys
+from pathlib import Path
+from shared.storage.objectstore import LocalObjectStore
+
+store = LocalObjectStore(Path(sys.argv[1]))
+for n in range(1000):
+    store.put(f"raw/1.2/1.2.3/{n}.dcm", b"x" * 20_000_000)
+"""
+
+
+@pytest.mark.integration
+def test_a_killed_writers_temporary_file_is_removed_when_the_folder_store_opens(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root)])
+    try:
+        deadline = time.monotonic() + 60
+        while not list(root.rglob(".tmp-*")):
+            assert time.monotonic() < deadline and writer.poll() is None, "the writer never started a put"
+            time.sleep(0.001)
+    finally:
+        writer.kill()
+        writer.wait()
+    left = list(root.rglob(".tmp-*"))
+    assert left, "the kill came between two puts: no temporary file to clean"
+    fresh = left[0].with_name(".tmp-in-flight-elsewhere")
+    fresh.write_bytes(b"another process's put")
+    old = time.time() - 2 * STALE_TEMPORARY_S
+    for path in left:
+        os.utime(path, (old, old))
+    objects = sorted(LocalObjectStore(root).list())
+    store = LocalObjectStore(root)
+    store.sweeper.join(timeout=60)
+    assert not any(path.exists() for path in left)
+    assert fresh.exists()  # too young: may be a put in flight in another process
+    assert sorted(store.list()) == objects  # never an object
