@@ -25,9 +25,14 @@ from shared.index.format import (
     latest_generation,
     read_manifest,
 )
+from shared.index.mih import Liveness, MultiIndexHash, flat_cost_ns
 from shared.storage.objectstore import ObjectNotFound, ObjectStore
 
 Results = list[list[tuple[int, int]]]
+STRATEGIES = ("auto", "mih", "flat")
+"""How :meth:`Searcher.search` answers: ``auto`` (the multi-index hash over the base shards,
+falling back to the flat scan per query when that is estimated cheaper), ``mih`` (never fall
+back) or ``flat`` (scan every segment). All three return identical results."""
 _OPEN_ATTEMPTS = 3
 
 _WORKERS = os.cpu_count() or 1
@@ -142,6 +147,37 @@ class _View:
         return distances, self.segment.ids[positions]
 
 
+@dataclass(frozen=True)
+class _Base:
+    """Every base shard's codes in one :class:`MultiIndexHash`, built when a generation is
+    opened (not stored: compaction stays a plain write and format 1 files stay what they
+    are). Consecutive generations with the same base shards share it; only their
+    :class:`Liveness` (which codes newer deltas hide) differs.
+
+    A code's position in the index is its shard's offset in ``starts`` plus its row in the
+    shard.
+    """
+
+    keys: tuple[str, ...]
+    starts: np.ndarray
+    index: MultiIndexHash
+
+    @classmethod
+    def build(cls, shards: list[_Segment]) -> _Base:
+        sizes = [len(shard.ids) for shard in shards]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        ids = np.concatenate([shard.ids for shard in shards])
+        codes = np.concatenate([shard.codes for shard in shards])
+        return cls(tuple(shard.key for shard in shards), starts, MultiIndexHash(ids, codes))
+
+    def liveness(self, shards: list[_Segment], hidden: np.ndarray) -> Liveness:
+        positions = []
+        for start, shard in zip(self.starts.tolist(), shards):
+            rows, found = shard.find(hidden)
+            positions.append(rows[found] + start)
+        return self.index.liveness(np.concatenate(positions))
+
+
 class Searcher:
     """An immutable view of one manifest generation, fully loaded in memory.
 
@@ -149,7 +185,10 @@ class Searcher:
     store (the writer deletes them two generations later).
     """
 
-    def __init__(self, manifest: Manifest, shards: list[_Segment], deltas: list[_Segment]) -> None:
+    def __init__(self, manifest: Manifest, shards: list[_Segment], deltas: list[_Segment],
+                 base: _Base | None = None) -> None:
+        """``base``: a multi-index hash already built over exactly these ``shards`` (from the
+        previous generation); otherwise one is built here."""
         self.manifest = manifest
         self.model_version: str = manifest.model_version
         self.bits: int = manifest.bits
@@ -161,10 +200,19 @@ class Searcher:
         for delta in reversed(deltas):
             views.append(_View.of(delta, hidden))
             hidden = np.union1d(hidden, np.concatenate([delta.ids, delta.removed]))
-        views += [_View.of(shard, hidden) for shard in shards]
+        delta_views = [view for view in views if view.live]
+        shard_views = [view for view in (_View.of(shard, hidden) for shard in shards) if view.live]
         # largest first, so the small deltas fill the gaps at the end of a parallel scan
-        self._views = sorted((view for view in views if view.live), key=lambda v: -v.live)
+        self._views = sorted(delta_views + shard_views, key=lambda v: -v.live)
+        self._shard_views = sorted(shard_views, key=lambda v: -v.live)
+        self._delta_views = sorted(delta_views, key=lambda v: -v.live)
         self._size = sum(view.live for view in self._views)
+        if shards and base is not None and base.keys == tuple(shard.key for shard in shards):
+            self._base: _Base | None = base
+        else:
+            self._base = _Base.build(shards) if sum(len(shard.ids) for shard in shards) else None
+        self._liveness = None if self._base is None else self._base.liveness(shards, hidden)
+        self._flat_cost_ns = flat_cost_ns(sum(view.live for view in shard_views), self.bits // 8)
 
     @classmethod
     def open(
@@ -195,7 +243,7 @@ class Searcher:
              for entry in entries]
             for entries, is_delta in ((manifest.shards, False), (manifest.deltas, True))
         )
-        return cls(manifest, shards, deltas)
+        return cls(manifest, shards, deltas, None if previous is None else previous._base)
 
     def __len__(self) -> int:
         """Live codes in this generation."""
@@ -205,49 +253,65 @@ class Searcher:
         return (f"Searcher({self.model_version!r}, generation={self.generation}, "
                 f"codes={self._size}, segments={len(self._views)})")
 
-    def search(self, queries: np.ndarray, k: int) -> Results:
+    def search(self, queries: np.ndarray, k: int, *, strategy: str = "auto",
+               stats: dict[str, int] | None = None) -> Results:
         """Exact top ``k`` per query: ``[(id, hamming distance)]`` by ascending distance, ties
-        by ascending id. Segments are scanned in parallel and their top ``k`` merged."""
+        by ascending id.
+
+        The base shards are searched with their multi-index hash, query by query; a query
+        for which the flat scan is estimated cheaper (uniform random codes, a query far from
+        every cluster) is scanned instead, batched with the others that were. Deltas (small
+        until the next compaction) are always scanned. ``strategy`` forces one path (see
+        :data:`STRATEGIES`); ``stats`` (optional) accumulates what the searches did.
+        """
         queries = check_codes(queries, self.bits, "queries")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, not {k!r}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         if not self._views or not len(queries):
             return [[] for _ in range(len(queries))]
         k = int(k)
-        views = self._views
-        parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        claims = itertools.count()  # C-level next(): atomic under the GIL, so each view once
-
-        def scan() -> None:
-            while (slot := next(claims)) < len(views):
-                parts[slot] = views[slot].search(queries, k)
-
-        def helper() -> None:
-            with _one_openmp_thread():
-                scan()
-
-        # This thread scans too, and never waits for a helper: helpers that have not started
-        # when it runs out of views are cancelled, and a view a helper is still scanning is
-        # scanned again here. A helper the scheduler parked mid-view (on a busy machine, for
-        # milliseconds) thus costs at most one view's scan, and concurrent queries degrade
-        # to one thread each instead of queueing for the pool.
-        pool = _search_pool()
-        helpers = [pool.submit(helper) for _ in range(min(_WORKERS, len(views)) - 1)]
-        with _one_openmp_thread():
-            scan()
-            for helper in helpers:
-                helper.cancel()
-            for slot in range(len(views)):
-                if slot not in parts:
-                    parts[slot] = views[slot].search(queries, k)
-        done = [parts[slot] for slot in range(len(views))]
-        distances = np.concatenate([part[0] for part in done], axis=1)
-        ids = np.concatenate([part[1] for part in done], axis=1)
-        order = np.lexsort((ids, distances), axis=1)[:, :k]
-        best_ids = np.take_along_axis(ids, order, axis=1).tolist()
-        best_distances = np.take_along_axis(distances, order, axis=1).tolist()
+        if self._base is None or self._liveness is None or strategy == "flat":
+            distances, ids = _scan(self._views, queries, k)
+            _add(stats, "scanned", len(queries))
+        else:
+            distances, ids = self._search_base(queries, k, strategy == "auto", stats)
+            if self._delta_views:
+                more = _scan(self._delta_views, queries, k)
+                distances, ids = _best(np.concatenate([distances, more[0]], axis=1),
+                                       np.concatenate([ids, more[1]], axis=1), k)
         return [list(zip(row_ids, row_distances))
-                for row_ids, row_distances in zip(best_ids, best_distances)]
+                for row_ids, row_distances in zip(ids.tolist(), distances.tolist())]
+
+    def _search_base(self, queries: np.ndarray, k: int, fall_back: bool,
+                     stats: dict[str, int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """The base shards' exact top ``k`` for each query, ``(nq, min(k, live))`` arrays."""
+        assert self._base is not None and self._liveness is not None
+        live = self._liveness
+        width = min(k, live.live)
+        distances = np.empty((len(queries), width), dtype=np.int32)
+        ids = np.empty((len(queries), width), dtype=np.int64)
+        budget = self._flat_cost_ns if fall_back else None
+        scan = []
+        for row, query in enumerate(queries):
+            found = self._base.index.search(query, k, live, budget, stats)
+            if found is None:
+                scan.append(row)
+            else:
+                distances[row], ids[row] = found
+        if scan:
+            distances[scan], ids[scan] = _scan(self._shard_views, queries[scan], k)
+            _add(stats, "scanned", len(scan))
+        return distances, ids
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held per structure: the segments' codes and ids (what the flat scan reads)
+        and the multi-index hash over the base shards (built at open)."""
+        segments = sum(view.segment.codes.nbytes + view.segment.ids.nbytes
+                       for view in self._views)
+        mih = 0 if self._base is None else self._base.index.memory_bytes()
+        return {"segments": segments, "mih": mih}
 
     def codes_of(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
         """The stored codes of ``ids``, ``(n, bits // 8)`` uint8; KeyError names missing ids."""
@@ -264,6 +328,51 @@ class Searcher:
         if not found.all():
             raise KeyError(f"not in generation {self.generation}: {wanted[~found][:20].tolist()}")
         return out
+
+
+def _add(stats: dict[str, int] | None, key: str, value: int) -> None:
+    if stats is not None:
+        stats[key] = stats.get(key, 0) + value
+
+
+def _best(distances: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` columns by (distance, id) of per-query candidate rows: the merge that
+    defines the tie order every path must reproduce."""
+    order = np.lexsort((ids, distances), axis=1)[:, :k]
+    return np.take_along_axis(distances, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def _scan(views: list[_View], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` over ``views`` by flat scans, ``(nq, min(k, live))`` arrays: the
+    views are scanned in parallel and their top ``k`` merged."""
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    claims = itertools.count()  # C-level next(): atomic under the GIL, so each view once
+
+    def scan() -> None:
+        while (slot := next(claims)) < len(views):
+            parts[slot] = views[slot].search(queries, k)
+
+    def helper() -> None:
+        with _one_openmp_thread():
+            scan()
+
+    # This thread scans too, and never waits for a helper: helpers that have not started
+    # when it runs out of views are cancelled, and a view a helper is still scanning is
+    # scanned again here. A helper the scheduler parked mid-view (on a busy machine, for
+    # milliseconds) thus costs at most one view's scan, and concurrent queries degrade
+    # to one thread each instead of queueing for the pool.
+    pool = _search_pool()
+    helpers = [pool.submit(helper) for _ in range(min(_WORKERS, len(views)) - 1)]
+    with _one_openmp_thread():
+        scan()
+        for helper_future in helpers:
+            helper_future.cancel()
+        for slot in range(len(views)):
+            if slot not in parts:
+                parts[slot] = views[slot].search(queries, k)
+    done = [parts[slot] for slot in range(len(views))]
+    return _best(np.concatenate([part[0] for part in done], axis=1),
+                 np.concatenate([part[1] for part in done], axis=1), k)
 
 
 class LiveSearcher:
@@ -323,9 +432,9 @@ class LiveSearcher:
                 self._current = searcher
                 return True
 
-    def search(self, queries: np.ndarray, k: int) -> Results:
+    def search(self, queries: np.ndarray, k: int, *, strategy: str = "auto") -> Results:
         """:meth:`Searcher.search` on the current generation; empty results before the first."""
         current = self._current
         if current is None:
             return [[] for _ in range(len(np.atleast_2d(queries)))]
-        return current.search(queries, k)
+        return current.search(queries, k, strategy=strategy)
