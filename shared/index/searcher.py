@@ -106,6 +106,27 @@ class _Segment:
             flat.add(codes)
         return cls(key, ids, codes, flat, flat, removed)
 
+    @classmethod
+    def merge(cls, shards: list[_Segment], bits: int) -> _Segment:
+        """The base shards as one segment in ascending id order (shards are disjoint).
+
+        One flat index over every base code is what a single query's scan wants (no per-shard
+        calls and merge; faiss keeps ties in storage order, which is id order here), and its
+        storage is also the codes the multi-index hash verifies against.
+        """
+        if len(shards) == 1:
+            return shards[0]
+        ids = np.concatenate([shard.ids for shard in shards])
+        order = np.argsort(ids, kind="stable")
+        flat = faiss.IndexBinaryFlat(bits)
+        if len(ids):
+            flat.add(np.concatenate([shard.codes for shard in shards])[order])
+        nbytes = bits // 8
+        codes = (faiss.rev_swig_ptr(flat.xb.data(), len(ids) * nbytes).reshape(len(ids), nbytes)
+                 if len(ids) else np.empty((0, nbytes), dtype=np.uint8))
+        key = "+".join(shard.key for shard in shards)
+        return cls(key, ids[order], codes, flat, flat, np.empty(0, dtype=np.int64))
+
     def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, found) of ``ids``: binary search, since segments are sorted by id."""
         if not len(self.ids):
@@ -149,33 +170,24 @@ class _View:
 
 @dataclass(frozen=True)
 class _Base:
-    """Every base shard's codes in one :class:`MultiIndexHash`, built when a generation is
-    opened (not stored: compaction stays a plain write and format 1 files stay what they
-    are). Consecutive generations with the same base shards share it; only their
-    :class:`Liveness` (which codes newer deltas hide) differs.
+    """The base shards as one segment (ascending ids) and a :class:`MultiIndexHash` over it.
 
-    A code's position in the index is its shard's offset in ``starts`` plus its row in the
-    shard.
+    Built when a generation with new base shards is opened, not stored: compaction stays a
+    plain write, format 1 files stay what they are, and the build (one sort of the codes,
+    one per table) is measured in docs/benchmarks.md. Consecutive generations with the same
+    base shards share it; only their :class:`Liveness` (which codes newer deltas hide)
+    differs. Positions in the index are rows of ``segment``.
     """
 
     keys: tuple[str, ...]
-    starts: np.ndarray
+    segment: _Segment
     index: MultiIndexHash
 
     @classmethod
-    def build(cls, shards: list[_Segment]) -> _Base:
-        sizes = [len(shard.ids) for shard in shards]
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        ids = np.concatenate([shard.ids for shard in shards])
-        codes = np.concatenate([shard.codes for shard in shards])
-        return cls(tuple(shard.key for shard in shards), starts, MultiIndexHash(ids, codes))
-
-    def liveness(self, shards: list[_Segment], hidden: np.ndarray) -> Liveness:
-        positions = []
-        for start, shard in zip(self.starts.tolist(), shards):
-            rows, found = shard.find(hidden)
-            positions.append(rows[found] + start)
-        return self.index.liveness(np.concatenate(positions))
+    def build(cls, shards: list[_Segment], bits: int) -> _Base:
+        segment = _Segment.merge(shards, bits)
+        return cls(tuple(shard.key for shard in shards), segment,
+                   MultiIndexHash(segment.ids, segment.codes))
 
 
 class Searcher:
@@ -185,34 +197,37 @@ class Searcher:
     store (the writer deletes them two generations later).
     """
 
-    def __init__(self, manifest: Manifest, shards: list[_Segment], deltas: list[_Segment],
-                 base: _Base | None = None) -> None:
-        """``base``: a multi-index hash already built over exactly these ``shards`` (from the
-        previous generation); otherwise one is built here."""
+    def __init__(self, manifest: Manifest, base: _Base | None, deltas: list[_Segment]) -> None:
+        """``base``: the manifest's base shards (None if it lists none); ``deltas`` in
+        manifest order."""
         self.manifest = manifest
         self.model_version: str = manifest.model_version
         self.bits: int = manifest.bits
         self.generation: int = manifest.generation
         # A delta hides, in every older segment, the ids it adds or removes. Base shards are
         # older than every delta and disjoint from each other.
-        views: list[_View] = []
+        delta_views: list[_View] = []
         hidden = np.empty(0, dtype=np.int64)
         for delta in reversed(deltas):
-            views.append(_View.of(delta, hidden))
+            delta_views.append(_View.of(delta, hidden))
             hidden = np.union1d(hidden, np.concatenate([delta.ids, delta.removed]))
-        delta_views = [view for view in views if view.live]
-        shard_views = [view for view in (_View.of(shard, hidden) for shard in shards) if view.live]
         # largest first, so the small deltas fill the gaps at the end of a parallel scan
-        self._views = sorted(delta_views + shard_views, key=lambda v: -v.live)
-        self._shard_views = sorted(shard_views, key=lambda v: -v.live)
-        self._delta_views = sorted(delta_views, key=lambda v: -v.live)
+        self._delta_views = sorted((view for view in delta_views if view.live),
+                                   key=lambda v: -v.live)
+        self._base = base
+        self._base_view: _View | None = None
+        self._liveness: Liveness | None = None
+        if base is not None:
+            view = _View.of(base.segment, hidden)
+            if view.live:
+                positions, found = base.segment.find(hidden)
+                self._base_view = view
+                self._liveness = base.index.liveness(positions[found])
+        self._views = sorted(self._delta_views + ([self._base_view] if self._base_view else []),
+                             key=lambda v: -v.live)
         self._size = sum(view.live for view in self._views)
-        if shards and base is not None and base.keys == tuple(shard.key for shard in shards):
-            self._base: _Base | None = base
-        else:
-            self._base = _Base.build(shards) if sum(len(shard.ids) for shard in shards) else None
-        self._liveness = None if self._base is None else self._base.liveness(shards, hidden)
-        self._flat_cost_ns = flat_cost_ns(sum(view.live for view in shard_views), self.bits // 8)
+        base_live = 0 if self._base_view is None else self._base_view.live
+        self._flat_cost_ns = flat_cost_ns(base_live, self.bits // 8)
 
     @classmethod
     def open(
@@ -225,8 +240,9 @@ class Searcher:
     ) -> Searcher | None:
         """Load a generation (None: the newest); None if the model version has no index yet.
 
-        Segments already loaded by ``previous`` are reused, so a new generation that only
-        added a delta costs the delta's download, not the base shards'. Raises
+        What ``previous`` already holds is reused: its base (shards and multi-index hash) if
+        the base shards are the same, and its deltas; so a new generation that only added a
+        delta costs the delta's download, not the base shards' or the hash's build. Raises
         :class:`ObjectNotFound` if the generation was garbage-collected meanwhile.
         """
         check_model_version(model_version)
@@ -235,15 +251,18 @@ class Searcher:
             if generation is None:
                 return None
         manifest = read_manifest(store, model_version, generation)
-        reusable = {} if previous is None or previous.bits != manifest.bits else {
-            view.segment.key: view.segment for view in previous._views
+        same_bits = previous is not None and previous.bits == manifest.bits
+        shard_keys = tuple(entry.key for entry in manifest.shards)
+        base = previous._base if same_bits and previous is not None else None
+        if base is None or base.keys != shard_keys:
+            shards = [_Segment.load(store, key, manifest.bits, False) for key in shard_keys]
+            base = _Base.build(shards, manifest.bits) if shards else None
+        reusable = {} if not same_bits or previous is None else {
+            view.segment.key: view.segment for view in previous._delta_views
         }
-        shards, deltas = (
-            [reusable.get(entry.key) or _Segment.load(store, entry.key, manifest.bits, is_delta)
-             for entry in entries]
-            for entries, is_delta in ((manifest.shards, False), (manifest.deltas, True))
-        )
-        return cls(manifest, shards, deltas, None if previous is None else previous._base)
+        deltas = [reusable.get(entry.key) or _Segment.load(store, entry.key, manifest.bits, True)
+                  for entry in manifest.deltas]
+        return cls(manifest, base, deltas)
 
     def __len__(self) -> int:
         """Live codes in this generation."""
@@ -252,6 +271,19 @@ class Searcher:
     def __repr__(self) -> str:
         return (f"Searcher({self.model_version!r}, generation={self.generation}, "
                 f"codes={self._size}, segments={len(self._views)})")
+
+    @property
+    def multi_index(self) -> MultiIndexHash | None:
+        """The multi-index hash over the base shards (None before the first compaction)."""
+        return None if self._base is None else self._base.index
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held per structure: the segments' codes and ids (what the flat scan reads)
+        and the multi-index hash over the base shards (built at open)."""
+        segments = sum(view.segment.codes.nbytes + view.segment.ids.nbytes
+                       for view in self._views)
+        mih = 0 if self._base is None else self._base.index.memory_bytes()
+        return {"segments": segments, "mih": mih}
 
     def search(self, queries: np.ndarray, k: int, *, strategy: str = "auto",
                stats: dict[str, int] | None = None) -> Results:
@@ -272,7 +304,7 @@ class Searcher:
         if not self._views or not len(queries):
             return [[] for _ in range(len(queries))]
         k = int(k)
-        if self._base is None or self._liveness is None or strategy == "flat":
+        if self._base_view is None or strategy == "flat":
             distances, ids = _scan(self._views, queries, k)
             _add(stats, "scanned", len(queries))
         else:
@@ -286,9 +318,10 @@ class Searcher:
 
     def _search_base(self, queries: np.ndarray, k: int, fall_back: bool,
                      stats: dict[str, int] | None) -> tuple[np.ndarray, np.ndarray]:
-        """The base shards' exact top ``k`` for each query, ``(nq, min(k, live))`` arrays."""
-        assert self._base is not None and self._liveness is not None
+        """The base's exact top ``k`` for each query, ``(nq, min(k, live))`` arrays."""
+        assert self._base is not None and self._base_view is not None
         live = self._liveness
+        assert live is not None
         width = min(k, live.live)
         distances = np.empty((len(queries), width), dtype=np.int32)
         ids = np.empty((len(queries), width), dtype=np.int64)
@@ -301,17 +334,10 @@ class Searcher:
             else:
                 distances[row], ids[row] = found
         if scan:
-            distances[scan], ids[scan] = _scan(self._shard_views, queries[scan], k)
+            with _one_openmp_thread():
+                distances[scan], ids[scan] = self._base_view.search(queries[scan], k)
             _add(stats, "scanned", len(scan))
         return distances, ids
-
-    def memory_bytes(self) -> dict[str, int]:
-        """Bytes held per structure: the segments' codes and ids (what the flat scan reads)
-        and the multi-index hash over the base shards (built at open)."""
-        segments = sum(view.segment.codes.nbytes + view.segment.ids.nbytes
-                       for view in self._views)
-        mih = 0 if self._base is None else self._base.index.memory_bytes()
-        return {"segments": segments, "mih": mih}
 
     def codes_of(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
         """The stored codes of ``ids``, ``(n, bits // 8)`` uint8; KeyError names missing ids."""
