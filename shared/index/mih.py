@@ -281,6 +281,7 @@ class MultiIndexHash:
         """
         k = min(int(k), live.live)
         if k <= 0:
+            _count(stats, "queries", 1)
             return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64)
         state = _Query(self, query, k, live)
         query_keys = np.array([key[0] for key in self._substrings(query[None, :])])
