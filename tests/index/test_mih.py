@@ -45,7 +45,7 @@ def flat_top_k(ids: np.ndarray, codes: np.ndarray, dead: np.ndarray, query: np.n
     return distances[order].tolist(), ids[live][order].tolist()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(0, 400),
@@ -120,7 +120,7 @@ def test_tables_follow_the_distinct_codes() -> None:
     assert few.memory_bytes() < many.memory_bytes()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([8, 24, 32, 64, 72]),
        kind=st.sampled_from(["random", "clustered", "ties"]))
 def test_searcher_paths_equal_brute_force_across_segments(tmp_path_factory: pytest.TempPathFactory,
