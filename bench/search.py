@@ -149,8 +149,8 @@ def encode_real(label: str, checkpoint_path: Path, data: str, augment: int, quer
     started = time.perf_counter()
     base = encode(images)
     seconds = time.perf_counter() - started
-    notes = [f"{len(base):,} images encoded in {seconds:.0f} s ({len(base) / seconds:,.0f}/s, "
-             f"{size} px, torch {torch.get_num_threads()} threads, load {load()[0]:.1f})"]
+    notes = [(f"{len(base):,} images encoded in {seconds:.0f} s ({len(base) / seconds:,.0f}/s, "
+              f"{size} px, torch {torch.get_num_threads()} threads, load {load()[0]:.1f})")]
     print(f"   {label}: {notes[-1]}")
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
@@ -228,12 +228,12 @@ def build_searcher(codes: np.ndarray, shards: int, workdir: Path) -> tuple[Searc
     memory = searcher.memory_bytes()
     index = searcher.multi_index
     assert index is not None
-    notes = [f"{shards} shards; IndexWriter.compact {built - started:.1f} s; Searcher.open "
-             f"(loads the shards, builds the multi-index hash) {opened - built:.1f} s; "
-             f"{index.distinct:,} distinct codes, {index.tables} tables of "
-             f"{index.widths[0]} bits; memory per code: segments "
-             f"{memory['segments'] / len(codes):.1f} B + multi-index hash "
-             f"{memory['mih'] / len(codes):.1f} B"]
+    notes = [(f"{shards} shards; IndexWriter.compact {built - started:.1f} s; Searcher.open "
+              f"(loads the shards, builds the multi-index hash) {opened - built:.1f} s; "
+              f"{index.distinct:,} distinct codes, {index.tables} tables of "
+              f"{index.widths[0]} bits; memory per code: segments "
+              f"{memory['segments'] / len(codes):.1f} B + multi-index hash "
+              f"{memory['mih'] / len(codes):.1f} B")]
     return searcher, notes
 
 
@@ -304,12 +304,12 @@ def run_count(codes_set: CodeSet, count: int, args: argparse.Namespace, workdir:
     answered = stats.get("queries", 0)
     scanned = stats.get("scanned", 0)
     rows[1].notes += [made, shape, *notes,
-                      f"{answered:,} queries answered by the multi-index hash, {scanned:,} "
-                      f"fell back to the scan; per query (incl. the work of those that fell "
-                      f"back): {stats.get('candidates', 0) / (answered + scanned):,.0f} "
-                      f"candidates verified, {stats.get('probes', 0) / (answered + scanned):,.0f} "
-                      f"buckets probed, {stats.get('lookups', 0) / (answered + scanned):,.0f} "
-                      "exact look-ups"]
+                      (f"{answered:,} queries answered by the multi-index hash, {scanned:,} "
+                       f"fell back to the scan; per query (incl. the work of those that fell "
+                       f"back): {stats.get('candidates', 0) / (answered + scanned):,.0f} "
+                       f"candidates verified, {stats.get('probes', 0) / (answered + scanned):,.0f} "
+                       f"buckets probed, {stats.get('lookups', 0) / (answered + scanned):,.0f} "
+                       "exact look-ups")]
     print(f"   {rows[1].notes[-1]}", flush=True)
     return rows
 
