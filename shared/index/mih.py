@@ -211,6 +211,9 @@ class MultiIndexHash:
         self.offsets = offsets.reshape(-1)
         self.buckets = buckets
         self._rounds = self._plan_rounds()
+        self._table_starts = np.arange(self.tables, dtype=np.int64) * self._stride
+        self._mean_own_buckets = sum(self.distinct / (1 << width) for width in self.widths)
+        self._uniform_costs: dict[int, float] = {}  # by k, see _uniform_cost_ns
         if self._single_word:  # make the look-up masks now, not in the first queries
             for distance in range(self.bits + 1):
                 if comb(self.bits, distance) > BALL_MAX_LOOKUPS:
@@ -283,17 +286,17 @@ class MultiIndexHash:
         if k <= 0:
             _count(stats, "queries", 1)
             return np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64)
-        state = _Query(self, query, k, live)
-        query_keys = np.array([key[0] for key in self._substrings(query[None, :])])
+        query_keys = self._query_keys(query)
         spent = MIH_NS_QUERY
-        seen = -1  # every code within this distance of the query has been seen
-        rounds = 0  # MIH rounds done
-        pending: tuple[np.ndarray, np.ndarray, float] | None = None  # the next round, probed
-        last_round = min(self.widths)
         uniform = _uniform_kth_distance(self.bits, self.distinct, k)
         if budget_ns is not None and self._looks_uniform(query_keys, k, budget_ns - spent):
             _count(stats, "abandoned", 1)
             return None
+        state = _Query(self, query, k, live)
+        seen = -1  # every code within this distance of the query has been seen
+        rounds = 0  # MIH rounds done
+        pending: tuple[np.ndarray, np.ndarray, float] | None = None  # the next round, probed
+        last_round = min(self.widths)
         while state.bound is None or state.bound > seen:
             if pending is None and rounds <= last_round:
                 pending = self._probe(query_keys, rounds)
@@ -346,13 +349,28 @@ class MultiIndexHash:
         radius the k-th neighbour is expected at costs more than ``budget_ns`` to reach: then
         the scan is the cheaper choice, decided before any probing (~10 µs instead of a
         round or two)."""
-        expected = _uniform_kth_distance(self.bits, self.distinct, k)
-        if self._rest_ns(-1, 0, expected) <= UNIFORM_MARGIN * budget_ns:
+        if self._uniform_cost_ns(k) <= UNIFORM_MARGIN * budget_ns:
             return False
-        own = self.offsets[query_keys + np.arange(self.tables) * self._stride]
-        own_sizes = self.offsets[query_keys + np.arange(self.tables) * self._stride + 1] - own
-        mean = sum(self.distinct / (1 << width) for width in self.widths)
-        return int(own_sizes.sum()) <= 2 * mean + self.tables
+        own = query_keys + self._table_starts
+        own_sizes = int((self.offsets[own + 1] - self.offsets[own]).sum())
+        return own_sizes <= 2 * self._mean_own_buckets + self.tables
+
+    def _uniform_cost_ns(self, k: int) -> float:
+        """Estimated cost of reaching the radius uniform codes put the k-th neighbour at."""
+        cost = self._uniform_costs.get(k)
+        if cost is None:
+            expected = _uniform_kth_distance(self.bits, self.distinct, k)
+            cost = self._uniform_costs[k] = self._rest_ns(-1, 0, expected)
+        return cost
+
+    def _query_keys(self, query: np.ndarray) -> np.ndarray:
+        """The query's key in each table, as :meth:`_substrings` makes them, in one or two
+        NumPy calls (this runs for every query, also for those that are then scanned)."""
+        if self.widths[0] == 8:
+            return query.astype(np.int64)
+        even = self.nbytes - self.nbytes % 2
+        keys = np.ascontiguousarray(query[:even]).view("<u2").astype(np.int64)
+        return np.append(keys, query[-1]) if self.nbytes % 2 else keys
 
     def _probe(self, query_keys: np.ndarray, flips: int) -> tuple[np.ndarray, np.ndarray, float]:
         """Bucket ranges of MIH round ``flips`` for a query, and what verifying them costs."""
