@@ -30,8 +30,9 @@ Targets, all over the same codes:
 * ``medhash flat``: ``Searcher.search(strategy="flat")``, the scan every query paid before.
 
 Latency: ``--queries`` single queries (k = ``--k``), the three targets interleaved query by
-query; p50/p99. Batch QPS: one call with ``--batch`` queries, ``--repeat`` times interleaved,
-median. Correctness: every latency query's results from both medhash targets must equal
+query, each query starting with the next target (so none always runs right after another and
+finds its caches warm or cold); p50/p99. Batch QPS: one call with ``--batch`` queries,
+``--repeat`` times interleaved the same way, median. Correctness: every latency query's results from both medhash targets must equal
 bare faiss's, ids and distances, tie order included (faiss keeps storage order, ids are
 storage positions); mismatches are counted and printed, not hidden. Memory per code: the
 searcher's segments plus its multi-index hash, divided by the codes. A benchmark measures; it
@@ -237,23 +238,30 @@ def build_searcher(codes: np.ndarray, shards: int, workdir: Path) -> tuple[Searc
     return searcher, notes
 
 
+def rotated(targets: Sequence[Target], position: int) -> list[Target]:
+    """The targets starting at a different one each time: which target runs right after
+    which (and finds the caches warm or cold) must not favour any of them."""
+    start = position % len(targets)
+    return [*targets[start:], *targets[:start]]
+
+
 def measure(targets: Sequence[Target], queries: np.ndarray, batch: np.ndarray, repeat: int
             ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, Results]]:
-    """Per target: single-query seconds (interleaved query by query), median batch QPS
-    (interleaved), and the single-query results."""
+    """Per target: single-query seconds (interleaved query by query, in rotating order),
+    median batch QPS (interleaved, rotating), and the single-query results."""
     for target in targets:  # warm-up: page faults, thread pools
         target.search(queries[:5])
     seconds: dict[str, list[float]] = {target.name: [] for target in targets}
     results: dict[str, Results] = {target.name: [] for target in targets}
-    for query in queries:
-        for target in targets:
+    for position, query in enumerate(queries):
+        for target in rotated(targets, position):
             started = time.perf_counter()
             found = target.search(query[None, :])
             seconds[target.name].append(time.perf_counter() - started)
             results[target.name].append(found[0])
     rates: dict[str, list[float]] = {target.name: [] for target in targets}
-    for _ in range(repeat):
-        for target in targets:
+    for position in range(repeat):
+        for target in rotated(targets, position):
             started = time.perf_counter()
             target.search(batch)
             rates[target.name].append(len(batch) / (time.perf_counter() - started))
@@ -354,8 +362,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="uniform random code sets of these lengths (default 32 64)")
     parser.add_argument("--count", type=int, nargs="+", default=[1_000_000, 10_000_000],
                         help="codes in the index, one run each (default 1000000 10000000)")
-    parser.add_argument("--augment", type=int, default=100_000,
-                        help="real augmented copies encoded per real set (default 100000)")
+    parser.add_argument("--augment", type=int, nargs="+", default=[100_000],
+                        help="real augmented copies encoded per real set: one count for all, "
+                        "or one per --real in order (default 100000)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder caching encoded codes between runs")
     parser.add_argument("--shards", type=int, default=8, help="medhash base shards (default 8)")
@@ -379,9 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"command: {command}")
     print(f"machine: {context['machine']}")
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*context["load_start"]))
-    sets = [encode_real(label, Path(checkpoint), data, args.augment,
+    if len(args.augment) not in (1, len(args.real)):
+        raise SystemExit(f"--augment takes one count or one per --real ({len(args.real)})")
+    augment = args.augment * len(args.real) if len(args.augment) == 1 else args.augment
+    sets = [encode_real(label, Path(checkpoint), data, copies,
                         max(args.queries, args.batch), args.seed, args.cache)
-            for label, checkpoint, data in args.real]
+            for (label, checkpoint, data), copies in zip(args.real, augment)]
     empty = np.empty((0, 0), dtype=np.uint8)
     sets += [CodeSet(f"random-{bits}", bits, empty, empty, empty, empty)
              for bits in args.random_bits]

@@ -25,7 +25,13 @@ from shared.index.format import (
     latest_generation,
     read_manifest,
 )
-from shared.index.mih import Liveness, MultiIndexHash, flat_cost_ns
+from shared.index.mih import (
+    MIH_NS_QUERY,
+    MIH_NS_ROUND,
+    Liveness,
+    MultiIndexHash,
+    flat_cost_ns,
+)
 from shared.storage.objectstore import ObjectNotFound, ObjectStore
 
 Results = list[list[tuple[int, int]]]
@@ -292,8 +298,9 @@ class Searcher:
 
         The base shards are searched with their multi-index hash, query by query; a query
         for which the flat scan is estimated cheaper (uniform random codes, a query far from
-        every cluster) is scanned instead, batched with the others that were. Deltas (small
-        until the next compaction) are always scanned. ``strategy`` forces one path (see
+        every cluster) is scanned instead, batched with the others that were; a base whose
+        whole scan costs less than one hash query with one round (~70k codes) is always
+        scanned. Deltas (small until the next compaction) are always scanned. ``strategy`` forces one path (see
         :data:`STRATEGIES`); ``stats`` (optional) accumulates what the searches did.
         """
         queries = check_codes(queries, self.bits, "queries")
@@ -304,7 +311,8 @@ class Searcher:
         if not self._views or not len(queries):
             return [[] for _ in range(len(queries))]
         k = int(k)
-        if self._base_view is None or strategy == "flat":
+        small = strategy == "auto" and self._flat_cost_ns <= MIH_NS_QUERY + MIH_NS_ROUND
+        if self._base_view is None or strategy == "flat" or small:
             distances, ids = _scan(self._views, queries, k)
             _add(stats, "scanned", len(queries))
         else:
