@@ -299,7 +299,7 @@ class Searcher:
         The base shards are searched with their multi-index hash, query by query; a query
         for which the flat scan is estimated cheaper (uniform random codes, a query far from
         every cluster) is scanned instead, batched with the others that were; a base whose
-        whole scan costs less than one hash query with one round (~70k codes) is always
+        whole scan costs less than one hash query with one round (~40k codes) is always
         scanned. Deltas (small until the next compaction) are always scanned. ``strategy`` forces one path (see
         :data:`STRATEGIES`); ``stats`` (optional) accumulates what the searches did.
         """
