@@ -198,7 +198,8 @@ class MultiIndexHash:
         self.widths = [8 * (stop - start) for start, stop in self.spans]
         self.tables = len(self.spans)
         self._stride = (1 << max(self.widths)) + 1
-        offsets = np.zeros((self.tables, self._stride), dtype=index)
+        entries = _index_dtype(self.tables * self.distinct)  # offsets span every table
+        offsets = np.zeros((self.tables, self._stride), dtype=entries)
         buckets = np.empty(self.tables * self.distinct, dtype=index)
         for table, keys in enumerate(self._substrings(distinct_bytes)):
             width = self.widths[table]
