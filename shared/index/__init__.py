@@ -24,8 +24,15 @@ the prefix matters to a reader.
 *Base shard*: a faiss ``IndexBinaryIDMap`` over an exact ``IndexBinaryFlat``
 (``faiss.serialize_index_binary``). Slice ``id`` lives in shard ``id % S``; within a shard the
 codes are stored in ascending id order, which is what makes tie order deterministic (faiss's
-flat scan keeps equal distances in storage order). Every shard is a flat (exhaustive) index, so
-every result is exact; there is no sub-linear index (see ``docs/benchmarks.md``, Search).
+flat scan keeps equal distances in storage order).
+
+The sub-linear search structure is *not* part of the format: a reader merges the base shards
+into one segment (ascending ids) and builds an exact multi-index hash over it when it opens a
+generation with new base shards (:mod:`shared.index.mih`; ~1 s per million codes here, see
+``docs/benchmarks.md``, Search), and keeps it for later generations with the same base. So
+compaction stays a plain write, format 1 needs no new version, and every index ever written
+stays readable. Every result is exact and identical to a flat scan's, ties included: ascending
+distance, then ascending id.
 
 *Delta segment*: a NumPy ``.npz`` (no pickle) with ``ids`` (int64, ascending, unique),
 ``codes`` (uint8, ``(len(ids), bits // 8)``, packed bits as faiss expects) and ``removed``
