@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from shared.index import IndexWriter, Searcher
 from shared.index.mih import MultiIndexHash
 from shared.storage.objectstore import LocalObjectStore
-from tests.index.test_index_search import Model, brute_force
+from tests.shared.index.test_index_search import Model, brute_force
 
 pytestmark = pytest.mark.unit
 
