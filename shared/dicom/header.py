@@ -7,6 +7,7 @@ codec is involved: decoding pixels is the CPU workers' job, never the listener's
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
 from io import BytesIO
 
 import pydicom
@@ -15,8 +16,13 @@ from pydicom.dataset import Dataset
 _TAGS = [
     "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
     "PatientID", "Modality", "BodyPartExamined", "NumberOfFrames",
+    "IssuerOfPatientID", "PatientName", "StudyDate", "StudyTime", "AccessionNumber",
+    "StudyDescription", "SeriesNumber", "InstanceNumber",
 ]
 """Only these are converted; every other element is skipped over by its length."""
+
+
+_DATE = re.compile(r"(19|20|21)[0-9]{2}(0[1-9]|1[0-2])(0[1-9]|[12][0-9]|3[01])")
 
 
 class UnreadableDataset(ValueError):
@@ -33,6 +39,15 @@ class HeaderSummary:
     modality: str | None
     body_part: str | None
     number_of_frames: int
+    issuer_of_patient_id: str | None = None
+    patient_name: str | None = None
+    study_date: str | None = None
+    """``YYYYMMDD`` when the file's StudyDate is a date, else None (QIDO and filters compare it)."""
+    study_time: str | None = None
+    accession_number: str | None = None
+    study_description: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:
@@ -50,6 +65,20 @@ def _frames(dataset: Dataset) -> int:
         return 1
 
 
+def _integer(dataset: Dataset, keyword: str) -> int | None:
+    try:
+        value = dataset.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _date(dataset: Dataset, keyword: str) -> str | None:
+    """A DA value as ``YYYYMMDD``; a malformed one (``2024-01-02``, text) is kept out."""
+    text = _text(dataset, keyword)
+    return text if text is not None and _DATE.fullmatch(text) else None
+
+
 def read_header(part10: bytes) -> HeaderSummary:
     """Summarise a DICOM Part 10 byte stream; :class:`UnreadableDataset` when it does not parse."""
     try:
@@ -63,6 +92,14 @@ def read_header(part10: bytes) -> HeaderSummary:
             modality=_text(dataset, "Modality"),
             body_part=_text(dataset, "BodyPartExamined"),
             number_of_frames=_frames(dataset),
+            issuer_of_patient_id=_text(dataset, "IssuerOfPatientID"),
+            patient_name=_text(dataset, "PatientName"),
+            study_date=_date(dataset, "StudyDate"),
+            study_time=_text(dataset, "StudyTime"),
+            accession_number=_text(dataset, "AccessionNumber"),
+            study_description=_text(dataset, "StudyDescription"),
+            series_number=_integer(dataset, "SeriesNumber"),
+            instance_number=_integer(dataset, "InstanceNumber"),
         )
     except Exception as exc:  # pydicom raises many types for malformed input
         raise UnreadableDataset(f"dataset does not parse: {type(exc).__name__}: {exc}") from exc

@@ -199,6 +199,10 @@ class Ingestor:
             return identified
         uid, header = identified
         sha256 = hashlib.sha256(part10).hexdigest()
+        try:
+            patient_key = self.catalog.patient_key(header.patient_id, header.issuer_of_patient_id)
+        except CatalogUnavailable as exc:
+            return StoreOutcome(StoreStatus.OUT_OF_RESOURCES, f"catalog unavailable: {exc}")
         new = NewInstance(
             sop_instance_uid=uid,
             sop_class_uid=header.sop_class_uid or sop_class_uid,
@@ -213,6 +217,14 @@ class Ingestor:
             body_part=header.body_part,
             number_of_frames=header.number_of_frames,
             calling_ae=calling_ae,
+            patient_key=patient_key,
+            patient_name=header.patient_name,
+            study_date=header.study_date,
+            study_time=header.study_time,
+            accession_number=header.accession_number,
+            study_description=header.study_description,
+            series_number=header.series_number,
+            instance_number=header.instance_number,
         )
         with self._key_locks[int(sha256[:8], 16) % len(self._key_locks)]:
             written = self._write(part10, new)
