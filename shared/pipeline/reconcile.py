@@ -6,7 +6,8 @@ re-enqueues every instance that has sat in such a state longer than
 ``MEDHASH_RECONCILE_AFTER_S``; the stages are idempotent, so an extra message is harmless,
 and each stage counts the attempts it starts, failing an instance that keeps killing its
 worker (see :class:`shared.pipeline.preprocess.Preprocessor`). It also runs the IQR cleaning of
-series that became stable.
+series that became stable, resumes forget jobs a crash left unfinished, and applies the
+retention period (``MEDHASH_RETENTION_DAYS``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 from shared.background import Periodic
 from shared.config import Settings
 from shared.metrics import INSTANCES
+from shared.pipeline.forget import Forgetter
 from shared.pipeline.preprocess import PreprocessOptions, clean_stable_series
 from shared.pipeline.queues import StageHost
 from shared.pipeline.states import TRANSITIONS
@@ -25,8 +27,10 @@ log = logging.getLogger("medhash.reconciler")
 
 
 class Reconciler:
-    def __init__(self, catalog: Catalog, host: StageHost, settings: Settings) -> None:
+    def __init__(self, catalog: Catalog, host: StageHost, settings: Settings,
+                 forgetter: Forgetter) -> None:
         self.catalog = catalog
+        self.forgetter = forgetter
         self.host = host
         self.settings = settings
         self.thresholds = PreprocessOptions.from_settings(settings).thresholds
@@ -51,6 +55,9 @@ class Reconciler:
                 )
                 resent += 1
         clean_stable_series(self.catalog, self.thresholds, self.settings.series_stable_s)
+        if self.settings.retention_days is not None:
+            self.forgetter.forget_expired(self.settings.retention_days)
+        self.forgetter.resume_unfinished()
         for state_name, count in self.catalog.counts_by_state().items():
             INSTANCES.labels(state=state_name).set(count)
         return resent

@@ -6,6 +6,7 @@ from shared.config import Settings
 from shared.pipeline.states import InstanceState
 from shared.storage.catalog.catalog import Catalog
 from shared.storage.catalog.db import CatalogError, CatalogUnavailable, open_database
+from shared.storage.catalog.search import SliceFilter
 from shared.storage.catalog.records import (
     Instance,
     NewInstance,
@@ -33,6 +34,7 @@ __all__ = [
     "Slice",
     "SliceCodes",
     "SliceDetail",
+    "SliceFilter",
     "RecordOutcome",
     "open_catalog",
 ]
