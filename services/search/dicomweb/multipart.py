@@ -141,7 +141,7 @@ async def read_related(request: Request, *, boundary: str, max_bytes: int,
     if not ended[0]:
         _discard(parts + current)
         raise HTTPException(400, "the multipart/related body ends before its closing boundary "
-                                 f"(--{boundary[:70]}--): it was cut off; nothing was stored; "
+                                 f"(--{boundary[:200]}--): it was cut off; nothing was stored; "
                                  f"{how_to}")
     return Parts(parts)
 

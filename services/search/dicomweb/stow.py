@@ -43,6 +43,7 @@ HOW_TO = ('send Content-Type: multipart/related; type="application/dicom"; bound
           "one DICOM Part 10 file per part, each part with Content-Type: application/dicom")
 
 CANNOT_UNDERSTAND = int(StoreStatus.CANNOT_UNDERSTAND)
+MAX_BOUNDARY = 200
 STUDY_MISMATCH = 0xA900
 """PS3.18 10.5.3: the instance does not belong to the study named in the request URL."""
 
@@ -100,7 +101,8 @@ async def _stow(request: Request, study: str | None, who: Caller,
         raise HTTPException(415, f"parts of type {part_type or '(none)'!r} are not supported (only "
                                  f"DICOM files, not DICOM JSON with bulk data); {HOW_TO}")
     boundary = parameters.get("boundary", "")
-    if not boundary or len(boundary) > 70:
+    # RFC 2046 allows 70 characters; Orthanc's DICOMweb plugin sends 73, so allow some more
+    if not boundary or len(boundary) > MAX_BOUNDARY:
         raise HTTPException(400, f"the Content-Type has no usable boundary parameter; {HOW_TO}")
     settings = svc.runtime.settings
     parts = await read_related(request, boundary=boundary, max_bytes=settings.stow_max_bytes,
