@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pydicom
+from pydicom.multival import MultiValue
 
 from shared.storage.catalog import Instance
 from shared.storage.catalog.dicomweb import SeriesRow, StudyRow
@@ -20,6 +21,9 @@ from shared.storage.catalog.dicomweb import SeriesRow, StudyRow
 MEDIA_TYPE = "application/dicom+json"
 
 JsonDataset = dict[str, dict[str, Any]]
+
+TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+                      "UR", "UT"})
 
 def element(vr: str, *values: Any) -> dict[str, Any]:
     """One attribute: its VR and its values (none -> no ``Value``, as for an empty attribute)."""
@@ -113,4 +117,12 @@ def metadata_json(part10: bytes) -> JsonDataset:
     """The stored object's dataset (file meta and pixel data left out) as DICOM JSON, binary
     values inline (InlineBinary): without pixel data they are small (LUTs, overlays, icons)."""
     dataset = pydicom.dcmread(BytesIO(part10), stop_before_pixels=True, force=True)
-    return dataset.to_json_dict(bulk_data_threshold=len(part10) + 1, suppress_invalid_tags=True)
+    body = dataset.to_json_dict(bulk_data_threshold=len(part10) + 1, suppress_invalid_tags=True)
+    # pydicom drops a value that breaks its VR (a SOP Instance UID with a '/'); the stored
+    # identity must still be there, as text
+    for elem in dataset:
+        tag = f"{elem.tag:08X}"
+        if tag not in body and elem.VR in TEXT_VRS:
+            values = elem.value if isinstance(elem.value, (list, tuple, MultiValue)) else [elem.value]
+            body[tag] = element(elem.VR, *(str(value) for value in values))
+    return dict(sorted(body.items()))

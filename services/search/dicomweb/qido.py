@@ -137,9 +137,13 @@ def _match(values: dict[str, str]) -> Match:
             start, dash, end = found.groups()
             match = replace(match, study_date_from=start, study_date_to=end if dash else start)
         else:
+            uids = _uids(value)
+            if not uids:
+                raise HTTPException(400, f"{keyword}={value[:40]!r}: expected one or more UIDs "
+                                         "separated by ',' or '\\'")
             field_name = {"StudyInstanceUID": "study_uids", "SeriesInstanceUID": "series_uids",
                           "SOPInstanceUID": "sop_uids"}[keyword]
-            match = replace(match, **{field_name: _uids(value)})
+            match = replace(match, **{field_name: uids})
     return match
 
 
