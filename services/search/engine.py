@@ -230,7 +230,7 @@ class SearchEngine:
         Each frame's top ``fetch`` is exact, so the first ``fetch`` entries of the merge are
         the exact top ``fetch`` of the merged ranking; only that prefix is trusted.
         """
-        fetch = max(2 * k, 32)
+        fetch = min(max(2 * k, 32), MAX_FETCH)
         while True:
             per_query = searcher.search(codes, fetch)
             exhausted = all(len(hits) < fetch for hits in per_query)
@@ -254,6 +254,8 @@ class SearchEngine:
         catalog: by (smallest distance to any query frame, slice id), as the index ranks."""
         assert self.encoder is not None
         rows = self.runtime.catalog.indexed_codes(self.encoder.model_version, filters)
+        log.debug("filter admits too few of the index's nearest %d: scanned its %d codes in "
+                  "the catalog", MAX_FETCH, len(rows), extra={"stage": "search"})
         if not rows:
             return []
         ids = np.array([slice_id for slice_id, _ in rows], dtype=np.int64)
