@@ -130,6 +130,7 @@ def assert_nothing_remains(stand: Archive) -> None:
     assert index_ids(runtime) == live_slices  # ... and nothing of the other patient was lost
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_forget_a_patient_then_nothing_of_it_remains(
         any_settings: Settings, encoder: BatchEncoder) -> None:
@@ -166,6 +167,7 @@ def test_forget_a_patient_then_nothing_of_it_remains(
         assert FORGOTTEN not in str(audit)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_a_forget_killed_mid_way_completes_when_run_again(
         any_settings: Settings, encoder: BatchEncoder) -> None:

@@ -108,6 +108,7 @@ def wado_parts(stand_: Stand, path: str) -> list[bytes]:
     return list(client._decode_multipart_message(response, stream=False))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_dicomweb_client_stores_finds_and_retrieves_a_study_byte_identical(
         any_settings: Settings, encoder: BatchEncoder, tmp_path: Path) -> None:

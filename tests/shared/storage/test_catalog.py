@@ -82,6 +82,7 @@ def test_postgres_down_is_unavailable_then_recovers(
     catalog.close()
 
 
+@pytest.mark.integration
 def test_the_audit_trail_is_append_only_and_pseudonyms_are_stable(any_settings: Settings) -> None:
     catalog = open_catalog(any_settings)
     try:
