@@ -4,8 +4,10 @@ A study, series or instance is returned as ``multipart/related; type="applicatio
 with each current instance's bytes exactly as stored (the sha256 the catalog recorded):
 medhash never transcodes, so an ``Accept`` that names only other transfer syntaxes gets 406
 and names the stored ones. ``/metadata`` is the stored header as DICOM JSON (pixel data left
-out; other binary values inline), ``/frames/{n}/rendered`` a frame as an 8-bit PNG (or JPEG
-when asked for), windowed as the file says (its first VOI LUT or window, else min-max).
+out; other binary values inline), ``/frames/{list}`` the frames' pixel data as stored
+(``application/octet-stream; transfer-syntax=...``, what OHIF's image loader reads), and
+``/frames/{n}/rendered`` a frame as an 8-bit PNG (or JPEG when asked for), windowed as the
+file says (its first VOI LUT or window, else min-max).
 
 Every identifier is matched as stored, a ``/`` in it included (the routes take it
 percent-encoded or plain).
@@ -17,9 +19,12 @@ import io
 from collections.abc import Iterator
 
 import numpy as np
+import pydicom
+import pydicom.encaps
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
+from pydicom.uid import UID
 from starlette.concurrency import run_in_threadpool
 
 from services.search.access import Caller
@@ -53,17 +58,18 @@ def _instances(svc: SearchService, study: str, series: str | None = None,
     return found
 
 
-def _check_acceptable(request: Request, instances: list[Instance]) -> None:
-    """406 when ``Accept`` rules out application/dicom or every instance's stored syntax."""
+def _check_acceptable(request: Request, instances: list[Instance],
+                      part_type: str = "application/dicom") -> None:
+    """406 when ``Accept`` rules out ``part_type`` or every instance's stored syntax."""
     accept = request.headers.get("accept", "")
     if not accept.strip():
         return
     demanded: set[str] = set()
     for item in accept.split(","):
         media_type, parameters = content_type_parameters(item.strip())
-        part_type = parameters.get("type", "application/dicom").lower()
-        if media_type in ("*/*", "application/dicom") or (
-                media_type == "multipart/related" and part_type in ("application/dicom", "*/*")):
+        asked = parameters.get("type", part_type).lower()
+        if media_type in ("*/*", part_type) or (
+                media_type == "multipart/related" and asked in (part_type, "*/*")):
             syntax = parameters.get("transfer-syntax", "*")
             if syntax == "*":
                 return
@@ -71,7 +77,7 @@ def _check_acceptable(request: Request, instances: list[Instance]) -> None:
     stored = sorted({instance.transfer_syntax_uid for instance in instances})
     if not demanded or not set(stored) <= demanded:
         raise HTTPException(406, f"medhash returns instances as stored, never transcoded: "
-                                 f"ask for multipart/related; type=\"application/dicom\" with "
+                                 f"ask for multipart/related; type=\"{part_type}\" with "
                                  f"transfer-syntax=* or one of {', '.join(stored)}")
 
 
@@ -135,6 +141,51 @@ def _render(svc: SearchService, instance: Instance, frame: int, jpeg: bool) -> b
         raise HTTPException(422, f"instance {instance.sop_instance_uid[:80]} cannot be rendered: "
                                  f"{exc.reason}") from exc
     raise HTTPException(404, f"instance {instance.sop_instance_uid[:80]} has no frame {frame}")
+
+
+@specific.get("/studies/{study:path}/series/{series:path}/instances/{sop:path}/frames/{frames}",
+              response_class=StreamingResponse, summary="WADO-RS: frames' pixel data as stored")
+def retrieve_frames(request: Request, study: str, series: str, sop: str, frames: str,
+                    who: Caller = Depends(retrieval),
+                    svc: SearchService = Depends(service)) -> Response:
+    """Pixel data of frames (1-based, ``1,3,5``) in the stored transfer syntax, one part
+    each (what OHIF's ``wadors`` image loader asks for)."""
+    numbers = [part.strip() for part in frames.split(",")]
+    if not numbers or not all(number.isdigit() and int(number) >= 1 for number in numbers):
+        raise HTTPException(400, f"frames {frames[:40]!r}: expected 1-based frame numbers "
+                                 "separated by commas (e.g. /frames/1,2)")
+    instance = _instances(svc, study, series, sop)[0]
+    _check_acceptable(request, [instance], "application/octet-stream")
+    data = _frames(svc, instance, [int(number) for number in numbers])
+    svc.runtime.catalog.record_audit(who.name, "retrieve", [sop], len(data),
+                                     detail=f"frames {frames[:100]}")
+    boundary = new_boundary()
+    content_type = f"application/octet-stream; transfer-syntax={instance.transfer_syntax_uid}"
+    body = b"".join(encode_part(boundary, content_type, item) for item in data) + closing(boundary)
+    return Response(body, media_type=related_content_type(boundary, "application/octet-stream"))
+
+
+def _frames(svc: SearchService, instance: Instance, numbers: list[int]) -> list[bytes]:
+    """The stored bytes of each frame: a slice of native pixel data, or the frame's
+    fragments of encapsulated pixel data, never decoded."""
+    dataset = pydicom.dcmread(io.BytesIO(svc.runtime.store.get(instance.object_key)), force=True)
+    if "PixelData" not in dataset:
+        raise HTTPException(404, f"instance {instance.sop_instance_uid[:80]} has no pixel data")
+    count = instance.number_of_frames
+    if max(numbers) > count:
+        raise HTTPException(404, f"instance {instance.sop_instance_uid[:80]} has {count} "
+                                 f"frame(s), not {max(numbers)}")
+    pixels = dataset.PixelData
+    if UID(instance.transfer_syntax_uid).is_encapsulated:
+        return [pydicom.encaps.get_frame(pixels, number - 1, number_of_frames=count)
+                for number in numbers]
+    bits = int(dataset.get("BitsAllocated", 8))
+    if bits % 8:
+        raise HTTPException(406, "frames of 1-bit pixel data are not served one by one; "
+                                 "retrieve the instance")
+    size = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel", 1)) \
+        * bits // 8
+    return [pixels[(number - 1) * size:number * size] for number in numbers]
 
 
 @specific.get("/studies/{study:path}/series/{series:path}/instances/{sop:path}/metadata",

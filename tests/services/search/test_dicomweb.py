@@ -161,6 +161,8 @@ def test_dicomweb_client_stores_finds_and_retrieves_a_study_byte_identical(
         assert "7FE00010" not in metadata
         rendered = client.retrieve_instance_frames_rendered(study_uid, series_uid, one, [1])
         assert rendered.startswith(b"\x89PNG")
+        frames = client.retrieve_instance_frames(study_uid, series_uid, one, [1])
+        assert frames == [pydicom.dcmread(io.BytesIO(originals[one])).PixelData]
 
         # the pipeline indexes it; a PNG query's top result links to the original and a viewer
         stand_.index(list(originals))

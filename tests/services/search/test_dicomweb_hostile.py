@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from fastapi.testclient import TestClient
 
 from services.search import create_app
@@ -208,3 +209,34 @@ def test_an_identifier_with_a_slash_is_addressable_everywhere(
                 == uid
     finally:
         runtime.close()
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_rle_2frame.dcm", "emri_small_jpeg_2k_lossless.dcm"])
+def test_frames_are_served_as_stored_and_rendered(stand: tuple[TestClient, Runtime],
+                                                  name: str) -> None:
+    client, _ = stand
+    data = Path(get_testdata_file(name)).read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert stow(client, body(("application/dicom", data))).status_code == 200
+    base = (f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/"
+            f"instances/{ds.SOPInstanceUID}")
+    count = int(ds.NumberOfFrames)
+    answer = client.get(f"{base}/frames/{','.join(str(n) for n in range(1, count + 1))}",
+                        headers={**KEY, "Accept": 'multipart/related; '
+                                 'type="application/octet-stream"; transfer-syntax=*'})
+    assert answer.status_code == 200
+    assert f"transfer-syntax={ds.file_meta.TransferSyntaxUID}" in answer.text[:400]
+    frames = [part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
+              for part in answer.content.split(answer.headers["content-type"].split("boundary=")[1]
+                                               .encode())[1:-1]]
+    assert len(frames) == count and all(frame and frame in ds.PixelData for frame in frames)
+    uncompressed = client.get(f"{base}/frames/1", headers={
+        **KEY, "Accept": 'multipart/related; type="application/octet-stream"; '
+                         'transfer-syntax=1.2.840.10008.1.2.1'})
+    assert uncompressed.status_code == 406 and "never transcoded" in uncompressed.json()["detail"]
+    assert client.get(f"{base}/frames/{count + 1}", headers=KEY).status_code == 404
+    assert client.get(f"{base}/frames/0", headers=KEY).status_code == 400
+    rendered = client.get(f"{base}/frames/{count}/rendered", headers=KEY)
+    assert rendered.status_code == 200 and rendered.content.startswith(b"\x89PNG")
+    jpeg = client.get(f"{base}/frames/1/rendered", headers={**KEY, "Accept": "image/jpeg"})
+    assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.content.startswith(b"\xff\xd8")
