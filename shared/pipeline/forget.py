@@ -34,6 +34,7 @@ import numpy as np
 
 from shared.index.format import decode_delta, decode_shard, generations, list_model_versions, read_manifest
 from shared.index.writer import KEEP_GENERATIONS
+from shared.metrics import FORGET_JOBS, FORGOTTEN_INSTANCES
 from shared.pipeline.preprocess import slice_prefix
 from shared.storage.catalog import Catalog
 from shared.storage.catalog.forget import ForgetJob, ForgetState, Selector
@@ -64,6 +65,8 @@ class Forgetter:
     def _begin(self, selector: Selector, column: str, value: str, target: str,
                requested_by: str) -> ForgetJob:
         job = self.catalog.begin_forget(selector, column, value, target, requested_by)
+        FORGET_JOBS.labels("started").inc()
+        FORGOTTEN_INSTANCES.inc(job.instances)
         self.catalog.record_audit(requested_by, "forget", [target], job.instances,
                                   detail=f"job {job.id}: {job.objects} objects, {job.slices} slices")
         log.info("forget job %d (%s): %d instances, %d objects, %d slices", job.id, target,
@@ -76,10 +79,12 @@ class Forgetter:
         if job.state is ForgetState.OBJECTS:
             self._delete_objects(job, progress)
             self.catalog.set_forget_state(job.id, ForgetState.INDEX)
+            FORGET_JOBS.labels("objects_deleted").inc()
         if self.catalog.forget_job(job.id).state is ForgetState.INDEX:  # type: ignore[union-attr]
             pending = self.index_holders(job)
             if not pending:
                 self.catalog.set_forget_state(job.id, ForgetState.DONE)
+                FORGET_JOBS.labels("done").inc()
                 log.info("forget job %d done: nothing of %s remains", job.id, job.target,
                          extra={"stage": "forget"})
         found = self.catalog.forget_job(job.id)

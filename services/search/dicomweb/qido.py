@@ -26,7 +26,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from services.search.access import Caller
 from services.search.dependencies import SearchService, service
-from services.search.dicomweb.access import retrieval
+from services.search.dicomweb.access import audited, retrieval
 from services.search.dicomweb.dicomjson import MEDIA_TYPE, instance_json, series_json, study_json
 from services.search.dicomweb.stow import dicomweb_base
 from shared.storage.catalog.dicomweb import Match
@@ -154,8 +154,8 @@ def _answer(request: Request, svc: SearchService, who: Caller, level: str,
     if within:
         query.match = replace(query.match, **within)
     results = fetch(query, dicomweb_base(request))
-    svc.runtime.catalog.record_audit(who.name, "qido", [], len(results),
-                                     detail=f"{level}: {', '.join(query.matched) or 'all'}")
+    audited(svc, who, "qido", [], len(results),
+            detail=f"{level}: {', '.join(query.matched) or 'all'}")
     headers = {"Warning": ", ".join(f'299 medhash "{text}"' for text in query.warnings)} \
         if query.warnings else {}
     return JSONResponse(results, media_type=MEDIA_TYPE, headers=headers)

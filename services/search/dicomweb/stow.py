@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.search.access import Caller, caller
+from services.search.dicomweb.access import audited
 from services.search.dependencies import SearchService, service
 from services.search.dicomweb.dicomjson import MEDIA_TYPE, JsonDataset, referenced, stow_response, uid_path
 from services.search.dicomweb.multipart import Part, content_type_parameters, read_related
@@ -114,10 +115,10 @@ async def _stow(request: Request, study: str | None, who: Caller,
         result = await run_in_threadpool(_store_all, svc, list(parts), study, base)
     finally:
         parts.close()
-    svc.runtime.catalog.record_audit(
-        who.name, "stow", result.stored_uids, len(result.stored),
-        outcome={200: "ok", 202: "partial"}.get(result.http_status, "failed"),
-        detail="; ".join(result.warnings) or None)
+    await run_in_threadpool(
+        audited, svc, who, "stow", result.stored_uids, len(result.stored),
+        {200: "ok", 202: "partial"}.get(result.http_status, "failed"),
+        "; ".join(result.warnings) or None)
     headers = {"Warning": ", ".join(f'299 medhash "{_quoted(text)}"'
                                     for text in result.warnings[:20])} if result.warnings else {}
     if result.http_status == 503:

@@ -25,11 +25,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from pydicom.uid import UID
-from starlette.concurrency import run_in_threadpool
 
 from services.search.access import Caller
 from services.search.dependencies import SearchService, service
-from services.search.dicomweb.access import retrieval
+from services.search.dicomweb.access import audited, retrieval
 from services.search.dicomweb.dicomjson import MEDIA_TYPE, metadata_json, uid_path
 from services.search.dicomweb.multipart import (
     closing,
@@ -85,8 +84,7 @@ def _retrieve(request: Request, svc: SearchService, who: Caller, study: str,
               series: str | None = None, sop: str | None = None) -> StreamingResponse:
     instances = _instances(svc, study, series, sop)
     _check_acceptable(request, instances)
-    svc.runtime.catalog.record_audit(who.name, "retrieve", [sop or series or study],
-                                     len(instances))
+    audited(svc, who, "retrieve", [sop or series or study], len(instances))
     boundary = new_boundary()
     base = dicomweb_base(request)
 
@@ -102,8 +100,7 @@ def _retrieve(request: Request, svc: SearchService, who: Caller, study: str,
 
 
 def _metadata(svc: SearchService, who: Caller, instances: list[Instance], target: str) -> JSONResponse:
-    svc.runtime.catalog.record_audit(who.name, "retrieve", [target], len(instances),
-                                     detail="metadata")
+    audited(svc, who, "metadata", [target], len(instances))
     body = [metadata_json(svc.runtime.store.get(instance.object_key)) for instance in instances]
     return JSONResponse(body, media_type=MEDIA_TYPE)
 
@@ -111,9 +108,9 @@ def _metadata(svc: SearchService, who: Caller, instances: list[Instance], target
 @specific.get("/studies/{study:path}/series/{series:path}/instances/{sop:path}/frames/{frame}/rendered",
               response_class=Response, summary="WADO-RS: a frame rendered as PNG or JPEG",
               responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
-async def rendered_frame(request: Request, study: str, series: str, sop: str, frame: str,
-                         who: Caller = Depends(retrieval),
-                         svc: SearchService = Depends(service)) -> Response:
+def rendered_frame(request: Request, study: str, series: str, sop: str, frame: str,
+                   who: Caller = Depends(retrieval),
+                   svc: SearchService = Depends(service)) -> Response:
     """One frame (1-based) as an 8-bit greyscale image, windowed as the file says."""
     if not frame.isdigit() or int(frame) < 1:
         raise HTTPException(400, f"frame {frame[:20]!r}: rendered frames take one 1-based frame "
@@ -121,8 +118,8 @@ async def rendered_frame(request: Request, study: str, series: str, sop: str, fr
     accept = request.headers.get("accept", "")
     jpeg = "image/jpeg" in accept and "image/png" not in accept
     instance = _instances(svc, study, series, sop)[0]
-    image = await run_in_threadpool(_render, svc, instance, int(frame), jpeg)
-    svc.runtime.catalog.record_audit(who.name, "retrieve", [sop], 1, detail=f"rendered frame {frame}")
+    image = _render(svc, instance, int(frame), jpeg)
+    audited(svc, who, "rendered", [sop], 1, detail=f"rendered frame {frame}")
     return Response(image, media_type="image/jpeg" if jpeg else "image/png")
 
 
@@ -157,7 +154,7 @@ def retrieve_frames(request: Request, study: str, series: str, sop: str, frames:
     instance = _instances(svc, study, series, sop)[0]
     _check_acceptable(request, [instance], "application/octet-stream")
     data = _frames(svc, instance, [int(number) for number in numbers])
-    svc.runtime.catalog.record_audit(who.name, "retrieve", [sop], len(data),
+    audited(svc, who, "frames", [sop], len(data),
                                      detail=f"frames {frames[:100]}")
     boundary = new_boundary()
     content_type = f"application/octet-stream; transfer-syntax={instance.transfer_syntax_uid}"
