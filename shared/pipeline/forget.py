@@ -50,6 +50,9 @@ class Forgetter:
     def __init__(self, store: ObjectStore, catalog: Catalog) -> None:
         self.store = store
         self.catalog = catalog
+        self._held: dict[tuple[int, str], int] = {}
+        """(job, model version) -> the newest generation found still holding a code of the
+        job: not read again until a newer generation is published."""
 
     def forget_patient(self, patient_id: str, requested_by: str) -> ForgetJob:
         """Start (and run as far as it goes now) the job forgetting every instance of a
@@ -121,8 +124,13 @@ class Forgetter:
             return []
         holders = []
         for model_version in list_model_versions(self.store):
+            newest = generations(self.store, model_version)[-1]
+            if self._held.get((job.id, model_version)) == newest:
+                holders.append(model_version)  # nothing published since it last held one
+                continue
             if self._holds_any(model_version, ids):
                 holders.append(model_version)
+                self._held[(job.id, model_version)] = newest
                 self.catalog.clear_removals_applied(job.id, model_version)
         return holders
 

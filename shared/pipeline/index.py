@@ -73,7 +73,10 @@ class Indexer:
             return self._flush()
 
     def _flush(self) -> int | None:
-        removals = self.catalog.pending_removals(self.model_version)
+        try:
+            removals = self.catalog.pending_removals(self.model_version)
+        except CatalogUnavailable:
+            removals = {}  # an outage must not hold up publishing codes; tombstones next flush
         with self._lock:
             for slice_ids in removals.values():
                 self.writer.remove(np.array(slice_ids, dtype=np.int64))

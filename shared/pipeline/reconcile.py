@@ -13,6 +13,7 @@ retention period (``MEDHASH_RETENTION_DAYS``).
 from __future__ import annotations
 
 import logging
+import time
 
 from shared.background import Periodic
 from shared.config import Settings
@@ -25,6 +26,10 @@ from shared.storage.catalog import Catalog, CatalogUnavailable
 
 log = logging.getLogger("medhash.reconciler")
 
+RETENTION_CHECK_S = 3600.0
+"""How often the retention period is applied (it reads every study's newest reception time);
+the first round after a start applies it at once."""
+
 
 class Reconciler:
     def __init__(self, catalog: Catalog, host: StageHost, settings: Settings,
@@ -34,6 +39,7 @@ class Reconciler:
         self.host = host
         self.settings = settings
         self.thresholds = PreprocessOptions.from_settings(settings).thresholds
+        self._retention_checked = -RETENTION_CHECK_S
         self._loop = Periodic("reconciler", settings.reconcile_interval_s, self.run_once,
                               logger=log, expected=(CatalogUnavailable,))
 
@@ -55,7 +61,9 @@ class Reconciler:
                 )
                 resent += 1
         clean_stable_series(self.catalog, self.thresholds, self.settings.series_stable_s)
-        if self.settings.retention_days is not None:
+        if self.settings.retention_days is not None and (
+                time.monotonic() - self._retention_checked >= RETENTION_CHECK_S):
+            self._retention_checked = time.monotonic()
             self.forgetter.forget_expired(self.settings.retention_days)
         self.forgetter.resume_unfinished()
         for state_name, count in self.catalog.counts_by_state().items():
