@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -49,7 +50,7 @@ class ApiKey:
 
     name: str
     role: Literal["read", "admin"]
-    key: str = field(repr=False)
+    key: str = dataclass_field(repr=False)
 
 
 def parse_api_key(entry: str) -> ApiKey:

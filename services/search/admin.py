@@ -11,7 +11,12 @@ from starlette.concurrency import run_in_threadpool
 
 from services.search.access import Caller, admin
 from services.search.dependencies import SearchService, service
-from services.search.schemas import AuditEntryInfo, AuditPage, ForgetJobInfo, ForgetRequest
+from services.search.schemas import (
+    AuditEntryInfo,
+    AuditPage,
+    ForgetJobInfo,
+    ForgetRequest,
+)
 from shared.storage.catalog.forget import ForgetJob, ForgetState
 
 router = APIRouter()

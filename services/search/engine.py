@@ -51,6 +51,9 @@ MAX_FETCH = 10_000
 slices; a query whose ``k`` eligible neighbours lie deeper is answered by a catalog scan of
 the slices the filter admits (fewer than ``k`` per ``MAX_FETCH`` of the index)."""
 
+NO_FILTER = SliceFilter()
+"""The default: current versions, slices the cleaning kept."""
+
 POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype=np.int32)
 
 
@@ -188,7 +191,7 @@ class SearchEngine:
         return self.encoder, searcher
 
     def search_upload(self, data: bytes, k: int,
-                      filters: SliceFilter = SliceFilter()) -> SearchOutcome:
+                      filters: SliceFilter = NO_FILTER) -> SearchOutcome:
         """Search with an uploaded DICOM file or picture.
 
         Raises :class:`shared.pipeline.query.UnreadableQuery` or a
@@ -203,7 +206,7 @@ class SearchEngine:
                              encoder.model_version, generation, hits)
 
     def search_instance(self, sop_instance_uid: str, k: int,
-                        filters: SliceFilter = SliceFilter()) -> SearchOutcome:
+                        filters: SliceFilter = NO_FILTER) -> SearchOutcome:
         """Search with the stored codes of an instance's current version (nothing re-encoded)."""
         encoder, searcher = self._ready()
         rows = self.runtime.catalog.codes_of_sop(sop_instance_uid, encoder.model_version)

@@ -32,8 +32,8 @@ from services.search.schemas import (
     InstanceInfo,
     InstanceQuery,
     QueryInfo,
-    SearchResponse,
     SearchOptions,
+    SearchResponse,
     SearchResult,
     Stats,
 )

@@ -6,8 +6,8 @@ codec is involved: decoding pixels is the CPU workers' job, never the listener's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
+from dataclasses import dataclass
 from io import BytesIO
 
 import pydicom

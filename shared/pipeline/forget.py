@@ -32,7 +32,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shared.index.format import decode_delta, decode_shard, generations, list_model_versions, read_manifest
+from shared.index.format import (
+    decode_delta,
+    decode_shard,
+    generations,
+    list_model_versions,
+    read_manifest,
+)
 from shared.index.writer import KEEP_GENERATIONS
 from shared.metrics import FORGET_JOBS, FORGOTTEN_INSTANCES
 from shared.pipeline.preprocess import slice_prefix

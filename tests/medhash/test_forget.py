@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,14 +27,7 @@ from shared.index import Searcher, list_model_versions
 from shared.index.format import decode_delta, decode_shard, generations, read_manifest
 from shared.pipeline.wiring import Runtime
 from testbed.catalog_audit import all_codes, all_instances, all_slices
-from tests.services.search.conftest import (  # noqa: F401 - the model fixtures
-    IMAGE_SIZE,
-    Pipeline,
-    checkpoint,
-    encoder,
-    picture,
-    png_bytes,
-)
+from tests.services.search.conftest import IMAGE_SIZE, Pipeline, picture, png_bytes
 
 MEDHASH = [sys.executable, "-m", "medhash.cli"]
 FORGOTTEN, KEPT = "PAT-FORGET", "PAT-KEEP"

@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from fastapi import HTTPException, Request
-from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from python_multipart.multipart import (
+    MultipartParseError,
+    MultipartParser,
+    parse_options_header,
+)
 
 SPOOL_BYTES = 8 * 1024 * 1024
 """A part up to this size stays in memory; larger ones go to a temporary file."""

@@ -27,7 +27,12 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from services.search.access import Caller
 from services.search.dependencies import SearchService, service
 from services.search.dicomweb.access import audited, retrieval
-from services.search.dicomweb.dicomjson import MEDIA_TYPE, instance_json, series_json, study_json
+from services.search.dicomweb.dicomjson import (
+    MEDIA_TYPE,
+    instance_json,
+    series_json,
+    study_json,
+)
 from services.search.dicomweb.stow import dicomweb_base
 from shared.storage.catalog.dicomweb import Match
 

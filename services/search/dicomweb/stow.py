@@ -28,10 +28,20 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.search.access import Caller, caller
-from services.search.dicomweb.access import audited
 from services.search.dependencies import SearchService, service
-from services.search.dicomweb.dicomjson import MEDIA_TYPE, JsonDataset, referenced, stow_response, uid_path
-from services.search.dicomweb.multipart import Part, content_type_parameters, read_related
+from services.search.dicomweb.access import audited
+from services.search.dicomweb.dicomjson import (
+    MEDIA_TYPE,
+    JsonDataset,
+    referenced,
+    stow_response,
+    uid_path,
+)
+from services.search.dicomweb.multipart import (
+    Part,
+    content_type_parameters,
+    read_related,
+)
 from shared.dicom.header import UnreadableDataset, read_header
 from shared.dicom.part10 import read_file_meta
 from shared.pipeline.ingest import StoreStatus

@@ -6,7 +6,6 @@ from shared.config import Settings
 from shared.pipeline.states import InstanceState
 from shared.storage.catalog.catalog import Catalog
 from shared.storage.catalog.db import CatalogError, CatalogUnavailable, open_database
-from shared.storage.catalog.search import SliceFilter
 from shared.storage.catalog.records import (
     Instance,
     NewInstance,
@@ -16,6 +15,7 @@ from shared.storage.catalog.records import (
     SliceCodes,
     SliceDetail,
 )
+from shared.storage.catalog.search import SliceFilter
 
 
 def open_catalog(settings: Settings) -> Catalog:

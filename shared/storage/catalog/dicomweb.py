@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.storage.catalog.records import SELECT_INSTANCE, Instance, Tables, instance_of
+from shared.storage.catalog.records import (
+    SELECT_INSTANCE,
+    Instance,
+    Tables,
+    instance_of,
+)
 
 ESCAPE = "\\"
 

@@ -26,7 +26,13 @@ from shared.dicom.synthetic import StudyIds, make_ct, make_secondary_capture, wr
 from shared.hashing.inference import BatchEncoder
 from shared.pipeline.wiring import Runtime
 from testbed.catalog_audit import all_instances
-from tests.services.search.conftest import IMAGE_SIZE, Pipeline, picture, png_bytes, served
+from tests.services.search.conftest import (
+    IMAGE_SIZE,
+    Pipeline,
+    picture,
+    png_bytes,
+    served,
+)
 
 KEY = "reader-secret"
 VIEWER = "https://viewer.example.org/viewer?StudyInstanceUIDs={study}&SOPInstanceUID={sop}"

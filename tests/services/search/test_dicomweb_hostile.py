@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
 
 from services.search import create_app
 from shared.config import Settings

@@ -9,7 +9,6 @@ import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,13 @@ from shared.pipeline.preprocess import PreprocessOptions
 from shared.pipeline.query import query_slices
 from shared.storage.catalog import Instance
 from testbed.catalog_audit import all_codes, all_instances
-from tests.services.search.conftest import Pipeline, part10, picture, pipeline_in, png_bytes
+from tests.services.search.conftest import (
+    Pipeline,
+    part10,
+    picture,
+    pipeline_in,
+    png_bytes,
+)
 
 pytestmark = pytest.mark.unit
 

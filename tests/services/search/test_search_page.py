@@ -15,8 +15,8 @@ import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from services.search import create_app
-from shared.pipeline.wiring import Runtime
 from shared.hashing.inference import BatchEncoder
+from shared.pipeline.wiring import Runtime
 from testbed.servers import require_binary
 from tests.services.search.conftest import World, png_bytes, served
 
