@@ -13,12 +13,17 @@ from io import BytesIO
 import pydicom
 from pydicom.dataset import Dataset
 
-_TAGS = [
-    "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
-    "PatientID", "Modality", "BodyPartExamined", "NumberOfFrames",
-    "IssuerOfPatientID", "PatientName", "StudyDate", "StudyTime", "AccessionNumber",
-    "StudyDescription", "SeriesNumber", "InstanceNumber",
-]
+_TEXT = {
+    "sop_instance_uid": "SOPInstanceUID", "sop_class_uid": "SOPClassUID",
+    "study_instance_uid": "StudyInstanceUID", "series_instance_uid": "SeriesInstanceUID",
+    "patient_id": "PatientID", "modality": "Modality", "body_part": "BodyPartExamined",
+    "issuer_of_patient_id": "IssuerOfPatientID", "patient_name": "PatientName",
+    "study_time": "StudyTime", "accession_number": "AccessionNumber",
+    "study_description": "StudyDescription",
+}
+"""The text attributes of the summary, by the DICOM keyword each is read from."""
+_INTEGERS = {"series_number": "SeriesNumber", "instance_number": "InstanceNumber"}
+_TAGS = [*_TEXT.values(), *_INTEGERS.values(), "StudyDate", "NumberOfFrames"]
 """Only these are converted; every other element is skipped over by its length."""
 
 
@@ -84,22 +89,10 @@ def read_header(part10: bytes) -> HeaderSummary:
     try:
         dataset = pydicom.dcmread(BytesIO(part10), stop_before_pixels=True, specific_tags=_TAGS)
         return HeaderSummary(
-            sop_instance_uid=_text(dataset, "SOPInstanceUID"),
-            sop_class_uid=_text(dataset, "SOPClassUID"),
-            study_instance_uid=_text(dataset, "StudyInstanceUID"),
-            series_instance_uid=_text(dataset, "SeriesInstanceUID"),
-            patient_id=_text(dataset, "PatientID"),
-            modality=_text(dataset, "Modality"),
-            body_part=_text(dataset, "BodyPartExamined"),
-            number_of_frames=_frames(dataset),
-            issuer_of_patient_id=_text(dataset, "IssuerOfPatientID"),
-            patient_name=_text(dataset, "PatientName"),
+            **{name: _text(dataset, keyword) for name, keyword in _TEXT.items()},
+            **{name: _integer(dataset, keyword) for name, keyword in _INTEGERS.items()},
             study_date=_date(dataset, "StudyDate"),
-            study_time=_text(dataset, "StudyTime"),
-            accession_number=_text(dataset, "AccessionNumber"),
-            study_description=_text(dataset, "StudyDescription"),
-            series_number=_integer(dataset, "SeriesNumber"),
-            instance_number=_integer(dataset, "InstanceNumber"),
+            number_of_frames=_frames(dataset),
         )
     except Exception as exc:  # pydicom raises many types for malformed input
         raise UnreadableDataset(f"dataset does not parse: {type(exc).__name__}: {exc}") from exc
