@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from medhash.commands import demo, learning, send, services, status
+from medhash.commands import demo, learning, privacy, send, services, status
 
 app = typer.Typer(
     name="medhash",
@@ -24,6 +24,8 @@ app.command()(status.settings)
 app.command()(demo.demo)
 app.command()(learning.train)
 app.command()(learning.evaluate)
+app.command()(privacy.forget)
+app.command()(privacy.audit)
 
 if __name__ == "__main__":
     app()

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v /usr/bin/storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+# Orthanc's DICOMweb plugin: the tests forward studies to medhash over STOW-RS with it
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # the search page's browser test drives Debian's chromium (never `playwright install`)

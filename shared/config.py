@@ -9,7 +9,10 @@ field descriptions here (``medhash settings --markdown``), so the two cannot dri
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -35,6 +38,34 @@ def _parse_peer(peer: str) -> tuple[str, tuple[str, int]]:
     if not (at and colon and ae_title and host and port.isdigit()) or len(ae_title) > 16:
         raise ValueError(f"{peer!r} is not AE@host:port (e.g. ORTHANC@pacs.example.org:4242)")
     return ae_title, (host.strip("[]"), int(port))
+
+
+ROLES = ("read", "admin")
+"""API key roles: ``read`` searches and retrieves; ``admin`` also forgets and reads the audit."""
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One entry of ``MEDHASH_API_KEYS``: who the key is (for the audit trail) and what it may do."""
+
+    name: str
+    role: Literal["read", "admin"]
+    key: str = dataclass_field(repr=False)
+
+
+def parse_api_key(entry: str) -> ApiKey:
+    """``name:role:key`` or a bare ``key`` (role ``read``, named after its hash); ValueError
+    naming the expected forms."""
+    name, sep, rest = entry.partition(":")
+    if sep:
+        role, sep2, key = rest.partition(":")
+        if not sep2 or role not in ROLES or not name or not key:
+            raise ValueError(f"API key entry {name[:20]!r}:... is not `name:role:key` with role "
+                             "`read` or `admin` (or a bare key without colons)")
+        if not re.fullmatch(r"[A-Za-z0-9._@-]{1,64}", name):
+            raise ValueError(f"API key name {name[:70]!r} must be 1 to 64 of [A-Za-z0-9._@-]")
+        return ApiKey(name, role, key)  # type: ignore[arg-type]
+    return ApiKey(f"key-{hashlib.sha256(entry.encode()).hexdigest()[:8]}", "read", entry)
 
 
 class Settings(BaseSettings):
@@ -140,11 +171,43 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         json_schema_extra=SECRET,
-        description="Comma-separated API keys; when set, every /v1 route of the search service "
-        "requires one in the `X-API-Key` header.",
+        description="Comma-separated API keys, each `name:role:key` (role `read` or `admin`) or "
+        "a bare `key` (role `read`, named `key-` + the first 8 hex digits of its sha256). When "
+        "set, every /v1 and /dicomweb route requires one in the `X-API-Key` header (or "
+        "`Authorization: Bearer`); forget and audit need an `admin` key (docs/integration.md).",
     )
     expose_patient_data: bool = Field(
-        default=False, description="Search results and instance details include PatientID."
+        default=False,
+        description="Search results and instance details include PatientID, and DICOMweb "
+        "retrieval (QIDO-RS, WADO-RS), which hands out the stored objects with their patient "
+        "identifiers, is served. Off: those routes answer 403; STOW-RS works either way.",
+    )
+    viewer_url: str | None = Field(
+        default=None,
+        description="Viewer link template for every search result and the page, with "
+        "`{study}`, `{series}` and `{sop}` (e.g. `https://ohif.example.org/viewer?"
+        "StudyInstanceUIDs={study}`); the UIDs are percent-encoded. Unset: no viewer links.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins (`https://ohif.example.org`) whose pages may call "
+        "the search service and DICOMweb from a browser (CORS); empty allows none.",
+    )
+    stow_max_bytes: int = Field(
+        default=2_000_000_000,
+        description="Largest STOW-RS request (bytes, all parts together); larger requests get "
+        "413 and nothing of them is stored.",
+    )
+    stow_max_part_bytes: int = Field(
+        default=1_000_000_000,
+        description="Largest single instance in a STOW-RS request (bytes): a larger part fails "
+        "(FailedSOPSequence) while the request's other parts are stored.",
+    )
+    retention_days: float | None = Field(
+        default=None,
+        description="Forget every study whose newest instance was received more than this many "
+        "days ago (run by the reconciler; the same job as `medhash forget`). Unset: keep "
+        "everything.",
     )
     search_max_upload_bytes: int = Field(
         default=64_000_000, description="Largest search upload (bytes); larger requests get 413."
@@ -251,7 +314,8 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "allowed_calling_aes", "api_keys", "transfer_syntaxes", "commitment_peers", mode="before"
+        "allowed_calling_aes", "api_keys", "transfer_syntaxes", "commitment_peers", "cors_origins",
+        mode="before",
     )
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
@@ -274,6 +338,25 @@ class Settings(BaseSettings):
             _parse_peer(peer)
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: list[str]) -> list[str]:
+        names = [parse_api_key(entry).name for entry in value]
+        if len(set(names)) != len(names):
+            raise ValueError("two API keys share a name: give each `name:role:key` its own name")
+        return value
+
+    @field_validator("viewer_url")
+    @classmethod
+    def _check_viewer_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.format(study="s", series="r", sop="i")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError("the viewer URL template may use only {study}, {series} and "
+                                 f"{{sop}}: {exc}") from exc
+        return value
+
     @field_validator("ae_title")
     @classmethod
     def _check_ae_title(cls, value: str) -> str:
@@ -290,6 +373,11 @@ class Settings(BaseSettings):
     def commitment_addresses(self) -> dict[str, tuple[str, int]]:
         """``MEDHASH_COMMITMENT_PEERS`` as {AE title: (host, port)}."""
         return dict(_parse_peer(peer) for peer in self.commitment_peers)
+
+    @property
+    def api_key_entries(self) -> list[ApiKey]:
+        """``MEDHASH_API_KEYS`` parsed (the validator has checked every entry)."""
+        return [parse_api_key(entry) for entry in self.api_keys]
 
     @property
     def sqlite_path(self) -> Path:

@@ -70,6 +70,15 @@ STAGE_OUTCOMES = Counter(
     "Instances leaving a stage, by the state they reached (or `noop` for a duplicate delivery).",
     ["stage", "outcome"],
 )
+FORGET_JOBS = Counter(
+    "medhash_forget_jobs_total",
+    "Forget jobs by how far a run got: started, objects_deleted, done (a job waiting for an "
+    "indexer counts done later, when a resume completes it).",
+    ["step"],
+)
+FORGOTTEN_INSTANCES = Counter(
+    "medhash_forgotten_instances_total", "Instances (every version) removed by forget jobs."
+)
 INSTANCES = Gauge(
     "medhash_instances",
     "Current instances in each pipeline state, as the reconciler last counted them.",

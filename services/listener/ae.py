@@ -120,6 +120,7 @@ class Listener:
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_CONN_CLOSE, self._on_close),
             (evt.EVT_CONN_CLOSE, self.negotiator.on_connection_closed),
+            (evt.EVT_CONN_CLOSE, self.storage.on_closed),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
         self._server = self.ae.make_server(

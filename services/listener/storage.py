@@ -10,21 +10,62 @@ the sender's other instances are not held hostage by one odd request.
 
 from __future__ import annotations
 
+import logging
+import threading
+from dataclasses import dataclass, field
+
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from shared.dicom.part10 import file_meta
 from shared.pipeline.ingest import Ingestor, StoreOutcome, StoreStatus
+from shared.storage.catalog import CatalogUnavailable
+
+log = logging.getLogger("medhash.listener")
 
 MAX_ERROR_COMMENT = 64
 """(0000,0902) Error Comment is an LO: at most 64 characters."""
 
 
+@dataclass
+class _Tally:
+    """What one association stored, for its audit entry when it closes."""
+
+    calling_ae: str
+    stored: list[str] = field(default_factory=list)
+    failed: int = 0
+
+
 class StorageSCP:
-    """The ``EVT_C_STORE`` handler."""
+    """The ``EVT_C_STORE`` handler, and the audit entry of each association that stored."""
 
     def __init__(self, ingestor: Ingestor) -> None:
         self.ingestor = ingestor
+        self._tallies: dict[int, _Tally] = {}
+        self._lock = threading.Lock()
+
+    def _count(self, event: evt.Event, calling_ae: str | None, uid: str, stored: bool) -> None:
+        with self._lock:
+            tally = self._tallies.setdefault(id(event.assoc), _Tally(calling_ae or "?"))
+        if stored:
+            tally.stored.append(uid)
+        else:
+            tally.failed += 1
+
+    def on_closed(self, event: evt.Event) -> None:
+        """``EVT_CONN_CLOSE``: one audit entry (``c-store``) for an association that stored."""
+        with self._lock:
+            tally = self._tallies.pop(id(event.assoc), None)
+        if tally is None:
+            return
+        try:
+            self.ingestor.catalog.record_audit(
+                f"ae:{tally.calling_ae}", "c-store", tally.stored, len(tally.stored),
+                "ok" if not tally.failed else "partial" if tally.stored else "failed",
+                f"{tally.failed} refused" if tally.failed else None)
+        except CatalogUnavailable as exc:
+            log.error("audit entry of an association from %s lost: %s", tally.calling_ae, exc,
+                      extra={"stage": "listener", "calling_ae": tally.calling_ae})
 
     def on_store(self, event: evt.Event) -> Dataset:
         request = event.request
@@ -40,6 +81,7 @@ class StorageSCP:
                 f"of {context_class}: the sender must propose a context for its SOP class",
             )
             self.ingestor.report(outcome, sop_instance_uid=sop_instance_uid, calling_ae=calling_ae)
+            self._count(event, calling_ae, sop_instance_uid, False)
             return _status(outcome, "SOP class differs from the presentation context")
         transfer_syntax_uid = str(event.context.transfer_syntax)
         part10 = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
@@ -50,6 +92,7 @@ class StorageSCP:
             transfer_syntax_uid=transfer_syntax_uid,
             calling_ae=calling_ae,
         )
+        self._count(event, calling_ae, sop_instance_uid, outcome.status is StoreStatus.SUCCESS)
         return _status(outcome, outcome.reason)
 
 

@@ -1,14 +1,12 @@
-"""What the search service's routes depend on: the service's parts, and the API key check."""
+"""What the search service's routes depend on: the service's parts, and the links a result
+carries (thumbnail, WADO-RS, viewer)."""
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from fastapi import HTTPException, Request, Security
-from fastapi.security import APIKeyHeader
+from fastapi import Request
 
 from services.search.engine import SearchEngine
 from shared.pipeline.wiring import Runtime
@@ -27,6 +25,26 @@ class SearchService:
         """The ``patient_id`` field of a response, present only when patient data is exposed."""
         return {"patient_id": patient_id} if self.expose_patient_data else {}
 
+    def links(self, request: Request, study: str | None, series: str | None,
+              sop: str) -> dict[str, str]:
+        """A result's ``wado_url`` (when DICOMweb retrieval is served) and ``viewer_url``
+        (when ``MEDHASH_VIEWER_URL`` is set); absent otherwise."""
+        links: dict[str, str] = {}
+        if self.expose_patient_data and study is not None and series is not None:
+            links["wado_url"] = (f"{str(request.base_url).rstrip('/')}/dicomweb/studies/"
+                                 f"{_segment(study)}/series/{_segment(series)}/instances/"
+                                 f"{_segment(sop)}")
+        template = self.runtime.settings.viewer_url
+        if template is not None:
+            links["viewer_url"] = template.format(study=_segment(study or ""),
+                                                  series=_segment(series or ""),
+                                                  sop=_segment(sop))
+        return links
+
+
+def _segment(uid: str) -> str:
+    return quote(uid, safe="")
+
 
 async def service(request: Request) -> SearchService:
     """The :class:`SearchService` of the app serving ``request``."""
@@ -37,19 +55,3 @@ def thumbnail_url(request: Request, sop_instance_uid: str, frame: int) -> str:
     """Path of a frame's thumbnail, under the app's root path (a reverse proxy's prefix)."""
     root = request.scope.get("root_path", "")
     return f"{root}/v1/instances/{quote(sop_instance_uid, safe='')}/thumbnail?frame={frame}"
-
-
-def api_key_dependency(api_keys: Sequence[str]) -> Callable[[str | None], None]:
-    """A dependency that answers 401 unless the ``X-API-Key`` header holds one of ``api_keys``."""
-    header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                          description="One of the keys the service was started with.")
-    keys = [key.encode() for key in api_keys]
-
-    def require_api_key(key: str | None = Security(header)) -> None:
-        # compare_digest against every key: the time taken says nothing about which matched
-        given = (key or "").encode()
-        if not sum(hmac.compare_digest(given, candidate) for candidate in keys):
-            raise HTTPException(401, "missing or wrong API key: send the header "
-                                     "`X-API-Key: <key>` with one of the service's keys")
-
-    return require_api_key

@@ -7,10 +7,16 @@ with every frame (evenly spaced ones above ``max_query_frames``) and merges: a r
 distance is its smallest distance to any query frame, so a slice of a stored volume finds
 that volume whichever frame was uploaded.
 
-The index holds codes, not policy, so results are filtered here: slices the cleaning
-excluded (unless asked for) and slices of superseded instance versions. Filtering after the
-fact needs over-fetching: :meth:`SearchEngine._nearest` asks the index for more than ``k``
-and asks again for more while the exactly-ranked prefix holds too few eligible slices.
+The index holds codes, not policy, so results are filtered here against the catalog
+(:class:`~shared.storage.catalog.SliceFilter`): slices the cleaning excluded (unless asked
+for), slices of superseded versions, of forgotten instances (their rows are gone, so a
+searcher still on a generation from before the forget never returns them), and whatever the
+caller's filters rule out (modality, body part, study date, calling AE, the query's own
+patient or study). Filtering after the fact needs over-fetching: :meth:`SearchEngine._nearest`
+asks the index for more than ``k`` and asks again for more while the exactly-ranked prefix
+holds too few eligible slices; a filter so selective that even :data:`MAX_FETCH` neighbours
+hold fewer than ``k`` is answered by scanning the codes of the slices it admits in the
+catalog instead, so the top ``k`` is exact under any filter.
 
 The index is a :class:`shared.index.LiveSearcher` that a background thread refreshes every
 ``refresh_interval_s``: a new generation is swapped in atomically, and each query takes the
@@ -35,14 +41,20 @@ from shared.index import LiveSearcher, Searcher
 from shared.pipeline.preprocess import PreprocessOptions
 from shared.pipeline.query import query_slices
 from shared.pipeline.wiring import Runtime
-from shared.storage.catalog import Instance, SliceDetail
+from shared.storage.catalog import Instance, SliceDetail, SliceFilter
 from shared.storage.slice_format import decode_slice, thumbnail_png
 
 log = logging.getLogger("medhash.search")
 
 MAX_FETCH = 10_000
 """Most neighbours asked from the index per query frame while over-fetching past filtered
-slices; a query whose ``k`` eligible neighbours lie deeper gets fewer results."""
+slices; a query whose ``k`` eligible neighbours lie deeper is answered by a catalog scan of
+the slices the filter admits (fewer than ``k`` per ``MAX_FETCH`` of the index)."""
+
+NO_FILTER = SliceFilter()
+"""The default: current versions, slices the cleaning kept."""
+
+POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype=np.int32)
 
 
 class SearchUnavailable(RuntimeError):
@@ -178,7 +190,8 @@ class SearchEngine:
                 "retry in a few seconds")
         return self.encoder, searcher
 
-    def search_upload(self, data: bytes, k: int, include_excluded: bool = False) -> SearchOutcome:
+    def search_upload(self, data: bytes, k: int,
+                      filters: SliceFilter = NO_FILTER) -> SearchOutcome:
         """Search with an uploaded DICOM file or picture.
 
         Raises :class:`shared.pipeline.query.UnreadableQuery` or a
@@ -188,12 +201,12 @@ class SearchEngine:
         slices = query_slices(data, self.options)
         frames = spread(len(slices), self.max_query_frames)
         codes = encoder.encode([slices[i] for i in frames])
-        generation, hits = self._nearest(searcher, codes, k, include_excluded)
+        generation, hits = self._nearest(searcher, codes, k, filters)
         return SearchOutcome("upload", None, len(slices), frames, slices[frames[0]],
                              encoder.model_version, generation, hits)
 
     def search_instance(self, sop_instance_uid: str, k: int,
-                        include_excluded: bool = False) -> SearchOutcome:
+                        filters: SliceFilter = NO_FILTER) -> SearchOutcome:
         """Search with the stored codes of an instance's current version (nothing re-encoded)."""
         encoder, searcher = self._ready()
         rows = self.runtime.catalog.codes_of_sop(sop_instance_uid, encoder.model_version)
@@ -208,18 +221,19 @@ class SearchEngine:
         codes = np.stack([np.frombuffer(rows[i][1], dtype=np.uint8) for i in frames])
         details = self.runtime.catalog.slice_details([rows[i][0] for i in frames])
         frame_numbers = [details[rows[i][0]].frame_index for i in frames]
-        generation, hits = self._nearest(searcher, codes, k, include_excluded)
+        generation, hits = self._nearest(searcher, codes, k, filters)
         return SearchOutcome("instance", sop_instance_uid, len(rows), frame_numbers, None,
                              encoder.model_version, generation, hits)
 
     def _nearest(self, searcher: Searcher, codes: np.ndarray, k: int,
-                 include_excluded: bool) -> tuple[int, list[Hit]]:
-        """The ``k`` nearest eligible slices, exactly: over-fetch until enough survive.
+                 filters: SliceFilter) -> tuple[int, list[Hit]]:
+        """The ``k`` nearest eligible slices, exactly: over-fetch until enough survive, or
+        scan what the filter admits when even :data:`MAX_FETCH` is not enough.
 
         Each frame's top ``fetch`` is exact, so the first ``fetch`` entries of the merge are
         the exact top ``fetch`` of the merged ranking; only that prefix is trusted.
         """
-        fetch = max(2 * k, 32)
+        fetch = min(max(2 * k, 32), MAX_FETCH)
         while True:
             per_query = searcher.search(codes, fetch)
             exhausted = all(len(hits) < fetch for hits in per_query)
@@ -230,12 +244,33 @@ class SearchEngine:
             hits = [
                 Hit(detail, distance)
                 for slice_id, distance in merged
-                if (detail := details.get(slice_id)) is not None
-                and detail.is_current and (include_excluded or not detail.excluded)
+                if (detail := details.get(slice_id)) is not None and filters.admits(detail)
             ]
-            if len(hits) >= k or exhausted or fetch >= MAX_FETCH:
+            if len(hits) >= k or exhausted:
                 return searcher.generation, hits[:k]
+            if fetch >= MAX_FETCH:
+                return searcher.generation, self._scan(codes, k, filters)
             fetch = min(fetch * 4, MAX_FETCH)
+
+    def _scan(self, queries: np.ndarray, k: int, filters: SliceFilter) -> list[Hit]:
+        """The exact top ``k`` over the indexed codes the filter admits, read from the
+        catalog: by (smallest distance to any query frame, slice id), as the index ranks."""
+        assert self.encoder is not None
+        rows = self.runtime.catalog.indexed_codes(self.encoder.model_version, filters)
+        log.debug("filter admits too few of the index's nearest %d: scanned its %d codes in "
+                  "the catalog", MAX_FETCH, len(rows), extra={"stage": "search"})
+        if not rows:
+            return []
+        ids = np.array([slice_id for slice_id, _ in rows], dtype=np.int64)
+        codes = np.frombuffer(b"".join(code for _, code in rows), dtype=np.uint8)
+        codes = codes.reshape(len(rows), -1)
+        distances = np.min([POPCOUNT[np.bitwise_xor(codes, query)].sum(axis=1)
+                            for query in queries], axis=0)
+        order = np.lexsort((ids, distances))[:k]
+        details = self.runtime.catalog.slice_details(ids[order].tolist())
+        return [Hit(detail, int(distances[position])) for position in order
+                if (detail := details.get(int(ids[position]))) is not None
+                and filters.admits(detail)]
 
     # --- stored instances ---------------------------------------------------------------------
 

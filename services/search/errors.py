@@ -11,6 +11,7 @@ from services.search.engine import InstanceNotReady, SearchUnavailable, UnknownI
 from services.search.schemas import ErrorBody
 from shared.dicom.pixels import PixelPipelineError
 from shared.pipeline.query import UnreadableQuery
+from shared.storage.catalog import CatalogUnavailable
 
 ERROR_STATUS: dict[type[Exception], int] = {
     UnreadableQuery: 400,
@@ -18,15 +19,16 @@ ERROR_STATUS: dict[type[Exception], int] = {
     UnknownInstance: 404,
     InstanceNotReady: 409,
     SearchUnavailable: 503,
+    CatalogUnavailable: 503,
 }
 """Domain errors of ``shared/`` and the engine, and the HTTP status each one is."""
 
-OUTCOMES = {400: "unreadable", 404: "not_found", 409: "not_ready", 413: "too_large",
+OUTCOMES = {400: "unreadable", 403: "forbidden", 404: "not_found", 409: "not_ready", 413: "too_large",
             415: "unsupported_type", 422: "invalid", 503: "unavailable"}
 """Label of ``medhash_search_requests_total`` for each error status."""
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 415, 422, 503)
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 415, 422, 503)
 }
 """The error bodies every ``/v1`` route documents in the OpenAPI document."""
 

@@ -29,3 +29,9 @@ INDEX_REFRESH_FAILURES = Counter(
     "Background index refreshes that failed (the previous generation kept serving).",
 )
 INDEX_GENERATION.set(-1)
+DICOMWEB_REQUESTS = Counter(
+    "medhash_dicomweb_requests_total",
+    "DICOMweb requests answered, by transaction (stow, retrieve, metadata, frames, rendered, "
+    "qido) and outcome (ok, partial, failed).",
+    ["transaction", "outcome"],
+)

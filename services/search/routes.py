@@ -1,6 +1,7 @@
 """The search service's routes: the ``/v1`` API (search, instances, thumbnails, stats) and the
 service routes (health, metrics, the page). Every handler works through the app's
-:class:`~services.search.dependencies.SearchService`; the work itself is the engine's."""
+:class:`~services.search.dependencies.SearchService`; the work itself is the engine's. Each
+``/v1`` action is appended to the audit trail under the caller's key name."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from services.search.access import Caller, caller
 from services.search.dependencies import SearchService, service, thumbnail_url
 from services.search.engine import SearchEngine, SearchOutcome, SearchUnavailable
 from services.search.errors import OUTCOMES, status_of
@@ -30,12 +32,14 @@ from services.search.schemas import (
     InstanceInfo,
     InstanceQuery,
     QueryInfo,
+    SearchOptions,
     SearchResponse,
     SearchResult,
     Stats,
 )
-from services.search.uploads import read_search_request
-from shared.storage.catalog import Instance
+from services.search.uploads import SearchRequest, read_search_request
+from shared.dicom.header import read_header
+from shared.storage.catalog import Instance, SliceFilter
 from shared.storage.slice_format import thumbnail_png
 
 log = logging.getLogger("medhash.search")
@@ -55,8 +59,8 @@ SEARCH_BODY = {
             "properties": {
                 "file": {"type": "string", "format": "binary",
                          "description": "A DICOM Part 10 file, a PNG or a JPEG."},
-                "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-                "include_excluded": {"type": "boolean"},
+                **{name: schema for name, schema in
+                   SearchOptions.model_json_schema()["properties"].items()},
             },
         }},
         "application/json": {"schema": InstanceQuery.model_json_schema()},
@@ -103,6 +107,8 @@ def search_response(request: Request, svc: SearchService, outcome: SearchOutcome
             thumbnail_url=thumbnail_url(request, hit.detail.sop_instance_uid,
                                         hit.detail.frame_index),
             excluded=hit.detail.excluded,
+            **svc.links(request, hit.detail.study_instance_uid, hit.detail.series_instance_uid,
+                        hit.detail.sop_instance_uid),
             **svc.patient(hit.detail.patient_id),
         )
         for hit in outcome.hits
@@ -120,13 +126,16 @@ async def search(
                           "value in the body wins."),
     include_excluded: bool | None = Query(
         None, description="Also return slices the cleaning excluded (default false)."),
+    who: Caller = Depends(caller),
     svc: SearchService = Depends(service),
 ) -> SearchResponse:
     """Nearest stored slices to an uploaded image or to a stored instance.
 
-    Multipart ``file`` (DICOM, PNG or JPEG), or JSON ``{"sop_instance_uid": ...}``. A
-    multi-frame query searches with each frame (evenly spaced ones above the service's
-    cap) and ranks every stored slice by its smallest distance to any of them.
+    Multipart ``file`` (DICOM, PNG or JPEG), or JSON ``{"sop_instance_uid": ...}``, with
+    optional filters (modality, body part, study date range, calling AE, leaving out the
+    query's own patient or study): the top ``k`` is exact under them. A multi-frame query
+    searches with each frame (evenly spaced ones above the service's cap) and ranks every
+    stored slice by its smallest distance to any of them.
     """
     started = time.perf_counter()
     source = "upload"
@@ -135,15 +144,21 @@ async def search(
         count = parsed.options.k or k or DEFAULT_K
         excluded = bool(parsed.options.include_excluded if
                         parsed.options.include_excluded is not None else include_excluded)
+        filters = await run_in_threadpool(slice_filter, svc, parsed, excluded)
         if parsed.sop_instance_uid is not None:
             source = "instance"
             outcome = await run_in_threadpool(svc.engine.search_instance,
-                                              parsed.sop_instance_uid, count, excluded)
+                                              parsed.sop_instance_uid, count, filters)
         else:
             assert parsed.data is not None
             outcome = await run_in_threadpool(svc.engine.search_upload, parsed.data, count,
-                                              excluded)
+                                              filters)
         response = search_response(request, svc, outcome, count)
+        await run_in_threadpool(
+            svc.runtime.catalog.record_audit, who.name, "search",
+            [*([outcome.sop_instance_uid] if outcome.sop_instance_uid else []),
+             *(hit.sop_instance_uid for hit in response.results)],
+            len(response.results), "ok", f"{source} query, k={count}")
     except Exception as exc:
         status = status_of(exc)
         SEARCH_REQUESTS.labels(OUTCOMES.get(status, "error")).inc()
@@ -156,11 +171,68 @@ async def search(
     return response
 
 
-@v1.get("/instances/{sop_uid}", response_model=InstanceInfo, response_model_exclude_unset=True)
-def instance(request: Request, sop_uid: str, svc: SearchService = Depends(service)) -> InstanceInfo:
-    """The current version of a stored instance: pipeline state, reason, metadata, frames."""
+def slice_filter(svc: SearchService, parsed: SearchRequest, include_excluded: bool) -> SliceFilter:
+    """The request's filters as the catalog's :class:`SliceFilter`; "same patient / study"
+    resolved from the queried instance or the uploaded DICOM header (422 for a picture)."""
+    options = parsed.options
+    patient_key = study = None
+    if options.exclude_same_patient or options.exclude_same_study:
+        if parsed.sop_instance_uid is not None:
+            current = svc.engine.current(parsed.sop_instance_uid)
+            patient_key, study = current.patient_key, current.study_instance_uid
+        elif parsed.data is not None and parsed.data[128:132] == b"DICM":
+            header = read_header(parsed.data)
+            patient_key = svc.runtime.catalog.patient_key(header.patient_id,
+                                                          header.issuer_of_patient_id)
+            study = header.study_instance_uid
+        else:
+            raise HTTPException(422, "exclude_same_patient and exclude_same_study need a DICOM "
+                                     "upload or a stored instance: a PNG or JPEG names no "
+                                     "patient or study")
+    return SliceFilter(
+        include_excluded=include_excluded,
+        modalities=frozenset(options.modality or ()),
+        body_parts=frozenset(options.body_part or ()),
+        study_date_from=options.study_date_from,
+        study_date_to=options.study_date_to,
+        calling_aes=frozenset(options.calling_ae or ()),
+        exclude_patient_key=patient_key if options.exclude_same_patient else None,
+        exclude_study_uid=study if options.exclude_same_study else None,
+    )
+
+
+@v1.get("/instances/{sop_uid:path}/thumbnail", response_class=Response,
+        responses={200: {"content": {"image/png": {}}}})
+def thumbnail(
+    request: Request,
+    sop_uid: str,
+    frame: int = Query(0, ge=0, description="0-based frame."),
+    size: int = Query(128, ge=16, le=512, description="Side of the square PNG (pixels)."),
+    who: Caller = Depends(caller),
+    svc: SearchService = Depends(service),
+) -> Response:
+    """A frame as the model saw it (windowed, square, padded): an 8-bit greyscale PNG.
+
+    Any stored identifier works, one holding a ``/`` too (plain or as ``%2F``).
+    """
+    etag, png = svc.engine.thumbnail(sop_uid, frame, size)
+    svc.runtime.catalog.record_audit(who.name, "thumbnail", [sop_uid], 1, detail=f"frame {frame}")
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(png, media_type="image/png", headers=headers)
+
+
+@v1.get("/instances/{sop_uid:path}", response_model=InstanceInfo, response_model_exclude_unset=True)
+def instance(request: Request, sop_uid: str, who: Caller = Depends(caller),
+             svc: SearchService = Depends(service)) -> InstanceInfo:
+    """The current version of a stored instance: pipeline state, reason, metadata, frames.
+
+    Any stored identifier works, one holding a ``/`` too (plain or as ``%2F``).
+    """
     current = svc.engine.current(sop_uid)
     catalog = svc.runtime.catalog
+    catalog.record_audit(who.name, "instance", [sop_uid], 1)
     return InstanceInfo(
         **{name: getattr(current, name) for name in STORED_ATTRIBUTES},
         state=current.state.value,
@@ -171,23 +243,6 @@ def instance(request: Request, sop_uid: str, svc: SearchService = Depends(servic
                 for item in catalog.slices(current.id)],
         **svc.patient(current.patient_id),
     )
-
-
-@v1.get("/instances/{sop_uid}/thumbnail", response_class=Response,
-        responses={200: {"content": {"image/png": {}}}})
-def thumbnail(
-    request: Request,
-    sop_uid: str,
-    frame: int = Query(0, ge=0, description="0-based frame."),
-    size: int = Query(128, ge=16, le=512, description="Side of the square PNG (pixels)."),
-    svc: SearchService = Depends(service),
-) -> Response:
-    """A frame as the model saw it (windowed, square, padded): an 8-bit greyscale PNG."""
-    etag, png = svc.engine.thumbnail(sop_uid, frame, size)
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    return Response(png, media_type="image/png", headers=headers)
 
 
 @v1.get("/stats", response_model=Stats)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_K = 100
 """The most neighbours one query may ask for."""
@@ -18,8 +18,16 @@ MAX_K = 100
 DEFAULT_K = 10
 
 
+DATE_PATTERN = r"^(\d{8}|\d{4}-\d{2}-\d{2})$"
+
+
 class SearchOptions(BaseModel):
-    """Options of any search; as JSON fields, multipart form fields or query parameters."""
+    """Options of any search; as JSON fields or multipart form fields (lists there as
+    comma-separated text); ``k`` and ``include_excluded`` also as query parameters.
+
+    The filters hold together (every one that is set must hold) and the top ``k`` is exact
+    under them: the results are the ``k`` nearest of the slices they admit.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -28,6 +36,39 @@ class SearchOptions(BaseModel):
     include_excluded: bool | None = Field(
         default=None, description="Also return slices the cleaning flagged as excluded "
         "(default false).")
+    modality: list[str] | None = Field(
+        default=None, max_length=32, description="Only slices of these modalities (`CT`, `MR`).")
+    body_part: list[str] | None = Field(
+        default=None, max_length=32,
+        description="Only slices of these Body Part Examined values (`HEAD`, `CHEST`).")
+    study_date_from: str | None = Field(
+        default=None, pattern=DATE_PATTERN,
+        description="Only studies of this date or later (`YYYYMMDD` or `YYYY-MM-DD`); "
+        "instances without a StudyDate are left out.")
+    study_date_to: str | None = Field(
+        default=None, pattern=DATE_PATTERN,
+        description="Only studies of this date or earlier (inclusive).")
+    calling_ae: list[str] | None = Field(
+        default=None, max_length=32,
+        description="Only instances received over C-STORE from these calling AE titles.")
+    exclude_same_patient: bool | None = Field(
+        default=None, description="Leave out the query's own patient (a DICOM upload's "
+        "PatientID, or the queried instance's); not possible for PNG/JPEG uploads.")
+    exclude_same_study: bool | None = Field(
+        default=None, description="Leave out the query's own study (a DICOM upload's or the "
+        "queried instance's Study Instance UID).")
+
+    @field_validator("modality", "body_part", "calling_ae", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("study_date_from", "study_date_to")
+    @classmethod
+    def _compact_date(cls, value: str | None) -> str | None:
+        return None if value is None else value.replace("-", "")
 
 
 class InstanceQuery(SearchOptions):
@@ -68,6 +109,12 @@ class SearchResult(BaseModel):
     modality: str | None
     body_part: str | None
     thumbnail_url: str
+    wado_url: str | None = Field(
+        default=None, description="WADO-RS URL of the stored instance, byte for byte as "
+        "received (when the service serves DICOMweb retrieval: MEDHASH_EXPOSE_PATIENT_DATA).")
+    viewer_url: str | None = Field(
+        default=None, description="The instance in the viewer `MEDHASH_VIEWER_URL` names "
+        "(when set).")
     excluded: bool = Field(
         description="Flagged by the cleaning (blank, saturated, IQR outlier); only returned "
         "with `include_excluded`.")
@@ -144,3 +191,53 @@ class ErrorBody(BaseModel):
     """Every error: what went wrong and what to do about it."""
 
     detail: str
+
+
+class ForgetRequest(BaseModel):
+    """``POST /v1/admin/forget``: exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: str | None = Field(default=None, min_length=1, max_length=1024,
+                                   description="Forget every instance of this PatientID.")
+    study_instance_uid: str | None = Field(default=None, min_length=1, max_length=1024,
+                                           description="Forget every instance of this study.")
+
+
+class ForgetJobInfo(BaseModel):
+    """A forget job: ``state`` is `objects` (deleting stored objects), `index` (waiting for
+    each model version's indexer to drop its codes) or `done` (nothing of it remains)."""
+
+    id: int
+    selector: str = Field(description="`patient`, `study` or `retention`.")
+    target: str = Field(description="`patient:<pseudonym>` or `study:<Study Instance UID>`; "
+                        "never a PatientID.")
+    requested_by: str
+    state: Literal["objects", "index", "done"]
+    instances: int
+    objects: int
+    slices: int
+    created_at: float
+    updated_at: float
+
+
+class AuditEntryInfo(BaseModel):
+    id: int
+    at: float = Field(description="Unix time.")
+    actor: str = Field(description="API key name, `ae:<calling AE title>`, `cli:<user>`, "
+                       "`retention` or `anonymous`.")
+    action: str = Field(description="search, instance, thumbnail, retrieve, qido, stow, "
+                        "c-store, forget or audit.")
+    targets: list[str] = Field(description="UIDs (or a patient's pseudonym) it was about.")
+    result_count: int
+    outcome: str
+    detail: str | None
+
+
+class AuditPage(BaseModel):
+    """``GET /v1/audit``: newest first."""
+
+    total: int = Field(description="Entries matching the filters, on every page.")
+    limit: int
+    offset: int
+    entries: list[AuditEntryInfo]

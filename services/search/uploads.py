@@ -23,7 +23,7 @@ from services.search.schemas import InstanceQuery, SearchOptions
 M = TypeVar("M", bound=BaseModel)
 
 JSON_LIMIT = 64 * 1024
-"""A JSON query is a UID and two options: anything larger is not one."""
+"""A JSON query is a UID and its options: anything larger is not one."""
 
 FILE_TYPES = frozenset({"application/dicom", "application/octet-stream", "image/png", "image/jpeg",
                         "image/pjpeg", ""})
@@ -103,13 +103,13 @@ async def read_search_request(request: Request, max_upload_bytes: int) -> Search
         except ValueError as exc:
             raise HTTPException(422, f"the body is not valid JSON ({exc}); {HOW_TO}") from exc
         query = _validated(InstanceQuery, values)
-        options = SearchOptions(k=query.k, include_excluded=query.include_excluded)
+        options = SearchOptions(**query.model_dump(exclude={"sop_instance_uid"}))
         return SearchRequest(options, sop_instance_uid=query.sop_instance_uid)
     raise HTTPException(415, f"unsupported content type {media_type or '(none)'!r}: {HOW_TO}")
 
 
 async def _read_upload(request: Request, limit: int) -> SearchRequest:
-    parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1, max_fields=4,
+    parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1, max_fields=16,
                              max_part_size=1024)
     try:
         form = await parser.parse()

@@ -114,15 +114,19 @@ class IndexWriter:
             )
             return generation
 
-    def compact(self) -> int | None:
+    def compact(self, *, force: bool = False) -> int | None:
         """Merge the base shards, every delta and the buffered changes into ``shards`` fresh
-        base shards; the new generation, or None if the index is already compact."""
+        base shards; the new generation, or None if the index is already compact.
+
+        ``force`` writes fresh shards even then: after removals (a forget), two forced
+        compactions leave no kept generation that references a segment holding their codes.
+        """
         with self._lock:
             current = self._manifest
             compact_already = current is not None and not current.deltas and (
                 current.shard_count == self.shards
             )
-            if not self._changes and (current is None or compact_already):
+            if not self._changes and (current is None or (compact_already and not force)):
                 return None
             ids, codes, _ = _net_effect(self._load_segments(current) + self._changes, self.bits)
             generation = self._next_generation()

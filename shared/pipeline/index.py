@@ -7,7 +7,9 @@ segment and a new manifest generation, and only then do those instances move to
 loses only the buffer; the instances are still ``encoded`` and the reconciler sends them
 again (re-adding an id replaces its code, so nothing is indexed twice). Deltas are merged
 into the shards in the background once there are more than ``MEDHASH_INDEX_COMPACT_DELTAS``.
-There is one indexer per model version: the index has a single writer.
+There is one indexer per model version: the index has a single writer, which is why the
+tombstones of forgotten slices are applied here too: each flush asks the catalog for forget
+jobs this model version has not applied yet.
 """
 
 from __future__ import annotations
@@ -71,14 +73,30 @@ class Indexer:
             return self._flush()
 
     def _flush(self) -> int | None:
+        try:
+            removals = self.catalog.pending_removals(self.model_version)
+        except CatalogUnavailable:
+            removals = {}  # an outage must not hold up publishing codes; tombstones next flush
         with self._lock:
+            for slice_ids in removals.values():
+                self.writer.remove(np.array(slice_ids, dtype=np.int64))
             generation = self.writer.flush()
             published, self._pending = sorted(self._pending), set()
             if generation is not None:
                 self._deltas_since_compaction += 1
-            if self._deltas_since_compaction > self.compact_deltas:
+            if removals:
+                # forgotten codes leave the shard files, and the generations that still
+                # referenced those files leave the two that are kept (shared/pipeline/forget.py)
+                self.writer.compact(force=True)
+                generation = self.writer.compact(force=True) or generation
+                self._deltas_since_compaction = 0
+            elif self._deltas_since_compaction > self.compact_deltas:
                 generation = self.writer.compact() or generation
                 self._deltas_since_compaction = 0
+        if removals:
+            self.catalog.record_removals_applied(sorted(removals), self.model_version)
+            log.info("generation %s: tombstones of %d forget job(s) applied and compacted",
+                     generation, len(removals), extra={"stage": "indexer"})
         if published:
             moved = self.catalog.transition_many(published, InstanceState.ENCODED, InstanceState.INDEXED)
             STAGE_OUTCOMES.labels(stage="index", outcome="indexed").inc(len(moved))

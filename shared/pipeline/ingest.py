@@ -32,7 +32,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum, IntEnum
 
 from shared.dicom.header import HeaderSummary, UnreadableDataset, read_header
@@ -68,6 +68,13 @@ class StoreOutcome:
     object_key: str | None = None
     duplicate: bool = False
 
+
+HEADER_COLUMNS = tuple(
+    item.name for item in fields(HeaderSummary)
+    if item.name in {column.name for column in fields(NewInstance)}
+    and item.name not in {"sop_instance_uid", "sop_class_uid"})
+"""The header attributes the catalog keeps as they are (the identity and class are decided
+in :meth:`Ingestor._store`): study, series, patient, modality, dates, numbers."""
 
 MAX_IDENTIFIER_LENGTH = 1024
 """Longest SOP Instance UID kept as an identity (a UID has 64 characters; this only bounds
@@ -199,6 +206,10 @@ class Ingestor:
             return identified
         uid, header = identified
         sha256 = hashlib.sha256(part10).hexdigest()
+        try:
+            patient_key = self.catalog.patient_key(header.patient_id, header.issuer_of_patient_id)
+        except CatalogUnavailable as exc:
+            return StoreOutcome(StoreStatus.OUT_OF_RESOURCES, f"catalog unavailable: {exc}")
         new = NewInstance(
             sop_instance_uid=uid,
             sop_class_uid=header.sop_class_uid or sop_class_uid,
@@ -206,13 +217,9 @@ class Ingestor:
             sha256=sha256,
             size_bytes=len(part10),
             object_key=raw_object_key(header, uid, sha256),
-            study_instance_uid=header.study_instance_uid,
-            series_instance_uid=header.series_instance_uid,
-            patient_id=header.patient_id,
-            modality=header.modality,
-            body_part=header.body_part,
-            number_of_frames=header.number_of_frames,
             calling_ae=calling_ae,
+            patient_key=patient_key,
+            **{name: getattr(header, name) for name in HEADER_COLUMNS},
         )
         with self._key_locks[int(sha256[:8], 16) % len(self._key_locks)]:
             written = self._write(part10, new)

@@ -73,10 +73,15 @@ class PreprocessOptions:
         )
 
 
+def slice_prefix(raw_key: str) -> str:
+    """``slices/<Study>/<Series>/<SOP>.<sha>/``: where every slice of a raw object lives."""
+    stem = raw_key.removeprefix("raw/").removesuffix(".dcm")
+    return f"slices/{stem}/"
+
+
 def slice_key(raw_key: str, frame_index: int) -> str:
     """``slices/<Study>/<Series>/<SOP>.<sha>/<frame>.png``: beside the raw object it came from."""
-    stem = raw_key.removeprefix("raw/").removesuffix(".dcm")
-    return f"slices/{stem}/{frame_index:05d}.png"
+    return f"{slice_prefix(raw_key)}{frame_index:05d}.png"
 
 
 class Preprocessor:

@@ -6,16 +6,19 @@ re-enqueues every instance that has sat in such a state longer than
 ``MEDHASH_RECONCILE_AFTER_S``; the stages are idempotent, so an extra message is harmless,
 and each stage counts the attempts it starts, failing an instance that keeps killing its
 worker (see :class:`shared.pipeline.preprocess.Preprocessor`). It also runs the IQR cleaning of
-series that became stable.
+series that became stable, resumes forget jobs a crash left unfinished, and applies the
+retention period (``MEDHASH_RETENTION_DAYS``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from shared.background import Periodic
 from shared.config import Settings
 from shared.metrics import INSTANCES
+from shared.pipeline.forget import Forgetter
 from shared.pipeline.preprocess import PreprocessOptions, clean_stable_series
 from shared.pipeline.queues import StageHost
 from shared.pipeline.states import TRANSITIONS
@@ -23,13 +26,20 @@ from shared.storage.catalog import Catalog, CatalogUnavailable
 
 log = logging.getLogger("medhash.reconciler")
 
+RETENTION_CHECK_S = 3600.0
+"""How often the retention period is applied (it reads every study's newest reception time);
+the first round after a start applies it at once."""
+
 
 class Reconciler:
-    def __init__(self, catalog: Catalog, host: StageHost, settings: Settings) -> None:
+    def __init__(self, catalog: Catalog, host: StageHost, settings: Settings,
+                 forgetter: Forgetter) -> None:
         self.catalog = catalog
+        self.forgetter = forgetter
         self.host = host
         self.settings = settings
         self.thresholds = PreprocessOptions.from_settings(settings).thresholds
+        self._retention_checked = -RETENTION_CHECK_S
         self._loop = Periodic("reconciler", settings.reconcile_interval_s, self.run_once,
                               logger=log, expected=(CatalogUnavailable,))
 
@@ -51,6 +61,11 @@ class Reconciler:
                 )
                 resent += 1
         clean_stable_series(self.catalog, self.thresholds, self.settings.series_stable_s)
+        if self.settings.retention_days is not None and (
+                time.monotonic() - self._retention_checked >= RETENTION_CHECK_S):
+            self._retention_checked = time.monotonic()
+            self.forgetter.forget_expired(self.settings.retention_days)
+        self.forgetter.resume_unfinished()
         for state_name, count in self.catalog.counts_by_state().items():
             INSTANCES.labels(state=state_name).set(count)
         return resent

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 from shared.config import Settings
+from shared.pipeline.forget import Forgetter
 from shared.pipeline.ingest import Ingestor
 from shared.pipeline.preprocess import PreprocessOptions, Preprocessor
 from shared.pipeline.queues import (
@@ -156,9 +157,14 @@ class Runtime:
         return writer
 
     @once
+    def forgetter(self) -> Forgetter:
+        """Forgets patients and studies (``medhash forget``, the admin route, retention)."""
+        return Forgetter(self.store, self.catalog)
+
+    @once
     def reconciler(self) -> Reconciler:
         """Re-sends what sits too long in a state; not started until asked."""
-        return Reconciler(self.catalog, self.host, self.settings)
+        return Reconciler(self.catalog, self.host, self.settings, self.forgetter)
 
     def stage(self, stage: Stage) -> StageRunner:
         """The object that runs ``stage`` (built on first use)."""
@@ -199,6 +205,8 @@ class Runtime:
         stage on threads of this process; in either configuration the reconciler."""
         if self.runs_stages:
             self.host_stages()
+            if self.settings.model is not None:
+                self.stage(Stage.INDEX)  # flushing from now on: forget jobs' tombstones too
         self.reconciler.start()
 
     def close(self) -> None:

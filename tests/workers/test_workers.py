@@ -104,7 +104,8 @@ def test_worker_killed_mid_task(
     left = states(listener).get("received", 0)
     assert left > 0, "the worker finished everything before it was killed; nothing was tested"
 
-    reconciler = Reconciler(listener.runtime.catalog, listener.runtime.host, settings)
+    reconciler = Reconciler(listener.runtime.catalog, listener.runtime.host, settings,
+                            listener.runtime.forgetter)
     with worker(settings, tmp_path / "worker2.log"):
         wait_until(lambda: states(listener) == {"preprocessed": 30}, 120, tick=reconciler.run_once)
     assert_each_effect_once(listener, 30)
@@ -124,7 +125,7 @@ def test_redis_restart_loses_every_message(
     redis_server.restart()  # it keeps nothing on disk: every queued message is gone
     assert host.pending(Stage.PREPROCESS) == 0
 
-    reconciler = Reconciler(listener.runtime.catalog, host, settings)
+    reconciler = Reconciler(listener.runtime.catalog, host, settings, listener.runtime.forgetter)
     with worker(settings, tmp_path / "worker.log"):
         time.sleep(3)
         assert states(listener) == {"received": 12}  # no message, no progress...

@@ -49,9 +49,24 @@ async function showImage(img, url) {
   if (response.ok) img.src = URL.createObjectURL(await response.blob());
 }
 
+function list(id) {
+  return $(id).value.split(",").map((item) => item.trim()).filter(Boolean);
+}
+
+// The search options and filters; empty filters are left out (they would match nothing).
 function options() {
   const k = Math.min(100, Math.max(1, Number($("k-input").value) || 10));
-  return { k, include_excluded: $("excluded-input").checked };
+  const chosen = { k, include_excluded: $("excluded-input").checked };
+  for (const [name, id] of [["modality", "modality-input"], ["body_part", "body-part-input"],
+                            ["calling_ae", "calling-ae-input"]]) {
+    const values = list(id);
+    if (values.length) chosen[name] = values;
+  }
+  if ($("date-from-input").value) chosen.study_date_from = $("date-from-input").value;
+  if ($("date-to-input").value) chosen.study_date_to = $("date-to-input").value;
+  if ($("same-patient-input").checked) chosen.exclude_same_patient = true;
+  if ($("same-study-input").checked) chosen.exclude_same_study = true;
+  return chosen;
 }
 
 async function search(body, label) {
@@ -84,9 +99,9 @@ function searchFile(file) {
   if (!file) return;
   const body = new FormData();
   body.append("file", file);
-  const { k, include_excluded } = options();
-  body.append("k", String(k));
-  body.append("include_excluded", String(include_excluded));
+  for (const [name, value] of Object.entries(options())) {
+    body.append(name, Array.isArray(value) ? value.join(",") : String(value));
+  }
   search(body, file.name);
 }
 
@@ -135,6 +150,13 @@ function render(answer) {
     link.textContent = shortUid(hit.sop_instance_uid);
     link.title = hit.sop_instance_uid;
     link.href = `v1/instances/${encodeURIComponent(hit.sop_instance_uid)}`;
+    for (const [selector, url] of [[".viewer", hit.viewer_url], [".wado", hit.wado_url]]) {
+      const anchor = card.querySelector(selector);
+      if (url) {
+        anchor.href = url;
+        anchor.hidden = false;
+      }
+    }
     if (hit.excluded) card.classList.add("excluded");
     card.querySelector(".again").addEventListener("click", () => searchInstance(hit.sop_instance_uid));
     card.dataset.distance = String(hit.distance);

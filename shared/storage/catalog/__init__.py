@@ -15,6 +15,7 @@ from shared.storage.catalog.records import (
     SliceCodes,
     SliceDetail,
 )
+from shared.storage.catalog.search import SliceFilter
 
 
 def open_catalog(settings: Settings) -> Catalog:
@@ -33,6 +34,7 @@ __all__ = [
     "Slice",
     "SliceCodes",
     "SliceDetail",
+    "SliceFilter",
     "RecordOutcome",
     "open_catalog",
 ]

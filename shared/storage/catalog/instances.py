@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import time
 from dataclasses import fields
 
@@ -18,6 +21,31 @@ from shared.storage.catalog.records import (
 
 
 class InstanceRecords(Tables):
+    _pseudonym_secret: bytes | None = None
+
+    def patient_key(self, patient_id: str | None, issuer: str | None = None) -> str | None:
+        """The pseudonym of a patient: HMAC-SHA256 of ``issuer\\patient_id`` under a random
+        secret this catalog made once (32 hex digits); None without a PatientID.
+
+        Equal patients get equal keys in one deployment, so filters and the audit trail can
+        say "same patient" without the identifier; without the catalog's secret a key cannot
+        be turned back into a PatientID by trying candidates.
+        """
+        if not patient_id:
+            return None
+        message = f"{issuer or ''}\\{patient_id}".encode()
+        return hmac.new(self._secret(), message, hashlib.sha256).hexdigest()[:32]
+
+    def _secret(self) -> bytes:
+        if self._pseudonym_secret is None:
+            with self.database.transaction() as tx:
+                tx.execute("INSERT INTO catalog_secrets (name, value) VALUES (?, ?) "
+                           "ON CONFLICT (name) DO NOTHING", ("patient_key", secrets.token_hex(32)))
+                rows = tx.execute("SELECT value FROM catalog_secrets WHERE name = ?",
+                                  ("patient_key",))
+            self._pseudonym_secret = bytes.fromhex(str(rows[0][0]))
+        return self._pseudonym_secret
+
     def find_duplicate(self, sop_instance_uid: str, sha256: str) -> int | None:
         """The id of the row holding exactly these bytes for this UID, if there is one."""
         rows = self.read(

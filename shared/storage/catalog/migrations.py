@@ -7,7 +7,7 @@ A migration is never edited after it has shipped: a change is a new, higher vers
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 Dialect = Literal["sqlite", "postgresql"]
@@ -23,9 +23,12 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    only: dict[Dialect, tuple[str, ...]] = field(default_factory=dict)
+    """Statements one dialect needs after the shared ones (triggers differ too much to share)."""
 
     def render(self, dialect: Dialect) -> list[str]:
-        return [statement.format(**_WORDS[dialect]) for statement in self.statements]
+        return [statement.format(**_WORDS[dialect])
+                for statement in (*self.statements, *self.only.get(dialect, ()))]
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -107,6 +110,93 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
             "CREATE INDEX codes_version ON codes (model_version, slice_id)",
         ),
+    ),
+    Migration(
+        4,
+        "the tags DICOMweb and filtered search match on; forget jobs; the audit trail",
+        (
+            "ALTER TABLE instances ADD COLUMN patient_key TEXT",
+            "ALTER TABLE instances ADD COLUMN patient_name TEXT",
+            "ALTER TABLE instances ADD COLUMN study_date TEXT",
+            "ALTER TABLE instances ADD COLUMN study_time TEXT",
+            "ALTER TABLE instances ADD COLUMN accession_number TEXT",
+            "ALTER TABLE instances ADD COLUMN study_description TEXT",
+            "ALTER TABLE instances ADD COLUMN series_number INTEGER",
+            "ALTER TABLE instances ADD COLUMN instance_number INTEGER",
+            "CREATE INDEX instances_patient ON instances (patient_id)",
+            "CREATE INDEX instances_patient_key ON instances (patient_key)",
+            "CREATE INDEX instances_series ON instances (series_instance_uid)",
+            "CREATE INDEX instances_study_date ON instances (study_date)",
+            "CREATE INDEX instances_sop ON instances (sop_instance_uid)",
+            "CREATE INDEX slices_instance ON slices (instance_id)",
+            """
+            CREATE TABLE catalog_secrets (
+                name TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE forget_jobs (
+                id {pk},
+                selector TEXT NOT NULL,
+                target TEXT NOT NULL,
+                requested_by TEXT NOT NULL,
+                state TEXT NOT NULL,
+                instances INTEGER NOT NULL,
+                objects INTEGER NOT NULL,
+                slices INTEGER NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX forget_jobs_state ON forget_jobs (state)",
+            """
+            CREATE TABLE forget_items (
+                job_id BIGINT NOT NULL REFERENCES forget_jobs (id),
+                kind TEXT NOT NULL,
+                value TEXT NOT NULL,
+                done BOOLEAN NOT NULL DEFAULT FALSE,
+                PRIMARY KEY (job_id, kind, value)
+            )
+            """,
+            """
+            CREATE TABLE forget_index (
+                job_id BIGINT NOT NULL REFERENCES forget_jobs (id),
+                model_version TEXT NOT NULL,
+                applied_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (job_id, model_version)
+            )
+            """,
+            """
+            CREATE TABLE audit_log (
+                id {pk},
+                at DOUBLE PRECISION NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                targets TEXT NOT NULL,
+                result_count INTEGER NOT NULL,
+                outcome TEXT NOT NULL,
+                detail TEXT
+            )
+            """,
+            "CREATE INDEX audit_log_at ON audit_log (at)",
+        ),
+        only={
+            # The audit trail is append-only for everything that connects to the catalog,
+            # not only for medhash's own code.
+            "sqlite": (
+                "CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "
+                "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+                "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log "
+                "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+            ),
+            "postgresql": (
+                "CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$",
+                "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+                "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
+            ),
+        },
     ),
 )
 

@@ -47,6 +47,16 @@ class NewInstance:
     body_part: str | None = None
     number_of_frames: int = 1
     calling_ae: str | None = None
+    patient_key: str | None = None
+    """Pseudonym of (IssuerOfPatientID, PatientID): a keyed hash, so "same patient" can be
+    compared (filters, the audit trail) without the identifier (:meth:`patient_key`)."""
+    patient_name: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    accession_number: str | None = None
+    study_description: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,14 +153,21 @@ class SliceDetail:
     body_part: str | None
     patient_id: str | None
     is_current: bool
+    patient_key: str | None = None
+    study_date: str | None = None
+    calling_ae: str | None = None
+    indexed: bool = True
+    """The instance has reached ``indexed`` (its codes are in a published generation)."""
 
 
 SELECT_DETAIL = (
     "SELECT s.id, s.frame_index, s.excluded, s.object_key, i.sop_instance_uid, i.sop_class_uid, "
-    "i.study_instance_uid, i.series_instance_uid, i.modality, i.body_part, i.patient_id, i.is_current "
+    "i.study_instance_uid, i.series_instance_uid, i.modality, i.body_part, i.patient_id, "
+    "i.is_current, i.patient_key, i.study_date, i.calling_ae, i.state "
     "FROM slices s JOIN instances i ON i.id = s.instance_id"
 )
 
 
 def detail_of(row: Row) -> SliceDetail:
-    return SliceDetail(int(row[0]), int(row[1]), bool(row[2]), *row[3:11], bool(row[11]))
+    return SliceDetail(int(row[0]), int(row[1]), bool(row[2]), *row[3:11], bool(row[11]),
+                       *row[12:15], row[15] == InstanceState.INDEXED.value)

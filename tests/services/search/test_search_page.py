@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, expect, sync_playwright
 
 from services.search import create_app
 from shared.hashing.inference import BatchEncoder
+from shared.pipeline.wiring import Runtime
 from testbed.servers import require_binary
 from tests.services.search.conftest import World, png_bytes, served
 
@@ -80,3 +81,36 @@ def test_upload_in_the_page_shows_the_query_first_at_distance_0(
     assert not errors, errors
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")
+
+
+def test_the_page_filters_and_links_each_result_to_the_viewer(
+        chromium: Browser, world: World, encoder: BatchEncoder) -> None:
+    settings = world.pipeline.runtime.settings.model_copy(
+        update={"viewer_url": "https://viewer.example.org/viewer?StudyInstanceUIDs={study}"})
+    runtime = Runtime.from_settings(settings)  # a second process's view of the same data
+    query = Path(tempfile.mkdtemp(prefix="medhash-page-")) / "query.png"
+    query.write_bytes(png_bytes(next(iter(world.pictures.values()))))
+    try:
+        with served(create_app(runtime, encoder=encoder, expose_patient_data=True)) as base_url:
+            page = chromium.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(base_url + "/")
+            page.locator("#filter-details summary").click()
+            page.fill("#modality-input", "MR")
+            page.fill("#body-part-input", "HEAD")
+            page.set_input_files("#file-input", str(query))
+            cards = page.locator("#results li.card")
+            expect(cards).to_have_count(5)  # the five MR pictures of the head, no other
+            for card in cards.all():
+                assert card.locator(".modality").inner_text() == "MR"
+                assert card.locator(".body-part").inner_text() == "HEAD"
+                viewer = card.locator("a.viewer")
+                expect(viewer).to_be_visible()
+                assert (viewer.get_attribute("href") or "").startswith(
+                    "https://viewer.example.org/viewer?StudyInstanceUIDs=")
+                wado = card.locator("a.wado").get_attribute("href") or ""
+                assert f"{base_url}/dicomweb/studies/" in wado
+            page.screenshot(path=str(Path(tempfile.gettempdir()) / "medhash-search-filters.png"),
+                            full_page=True)
+            page.close()
+    finally:
+        runtime.close()

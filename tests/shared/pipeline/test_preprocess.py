@@ -185,7 +185,8 @@ def test_reconciler_resends_what_sat_too_long_and_gives_up_on_poison(
     host = pipeline.runtime.host
     before = host.pending(Stage.PREPROCESS)
     time.sleep(0.01)
-    assert Reconciler(pipeline.runtime.catalog, host, settings).run_once() == 1
+    assert Reconciler(pipeline.runtime.catalog, host, settings,
+                      pipeline.runtime.forgetter).run_once() == 1
     assert host.pending(Stage.PREPROCESS) == before + 1
     # a worker that dies every time: attempts are counted before the work starts
     catalog = pipeline.runtime.catalog

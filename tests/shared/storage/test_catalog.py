@@ -80,3 +80,26 @@ def test_postgres_down_is_unavailable_then_recovers(
     assert catalog.record_received(dataclasses.replace(NEW, sop_instance_uid="9.9")).duplicate is False
     assert catalog.counts_by_state()["received"] == 2
     catalog.close()
+
+
+@pytest.mark.integration
+def test_the_audit_trail_is_append_only_and_pseudonyms_are_stable(any_settings: Settings) -> None:
+    catalog = open_catalog(any_settings)
+    try:
+        catalog.record_audit("someone", "search", ["1.2.3"], 1)
+        for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
+            with pytest.raises(Exception, match="append-only"), catalog.database.transaction() as tx:
+                tx.execute(statement)
+        entries, total = catalog.audit_entries()
+        assert total == 1 and entries[0].actor == "someone" and entries[0].targets == ["1.2.3"]
+        key = catalog.patient_key("PAT-1")
+        assert key is not None and len(key) == 32 and "PAT" not in key
+        assert catalog.patient_key("PAT-1", None) == key != catalog.patient_key("PAT-1", "ISSUER")
+        assert catalog.patient_key(None) is None
+    finally:
+        catalog.close()
+    reopened = open_catalog(any_settings)  # the secret is the catalog's, not the process's
+    try:
+        assert reopened.patient_key("PAT-1") == key
+    finally:
+        reopened.close()
